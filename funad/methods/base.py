@@ -1,0 +1,79 @@
+"""The small interface every method implements, and the context the runner hands it.
+
+A method is fitted on the unlabelled (possibly contaminated) training pool's features and then
+scores test features into image scores and anomaly maps. Nothing here knows about Ray.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from funad.featureset import FeatureSet
+
+
+class MethodSettings(BaseModel):
+    """Base of every method's settings: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class Scores:
+    """image: [N] float32 anomaly scores (higher = more anomalous).
+    maps:  [N, S, S] float32 anomaly maps at the evaluation size S, or None (image-level only).
+    """
+
+    image: np.ndarray
+    maps: np.ndarray | None
+
+
+@dataclass
+class FitContext:
+    """What the runner gives a method besides the features.
+
+    seed:      seeds every random choice, weight init included.
+    device:    "cpu" or "cuda[:i]".
+    map_size:  evaluation size S of anomaly maps (224 in the protocol).
+    report:    called with a flat dict of numbers per epoch (live progress, e.g. tune.report).
+    evaluate:  optional; called by iterative methods every `eval_every` epochs with the method
+               itself, returns {"image_auroc": .., "pixel_auroc": ..} on the test set. Used ONLY for
+               the oracle_* columns, never for the headline or for training decisions.
+    eval_every: 0 = never.
+    """
+
+    seed: int = 0
+    device: str = "cpu"
+    map_size: int = 224
+    report: Callable[[dict[str, Any]], None] | None = None
+    evaluate: Callable[[Method], dict[str, float]] | None = None
+    eval_every: int = 0
+
+
+@dataclass
+class Method(ABC):
+    """Base class. Subclasses set `name` and `Settings`, and fill `history` / `diagnostics`."""
+
+    settings: MethodSettings
+    history: list[dict[str, Any]] = field(default_factory=list)
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    #: best-on-test epoch values filled by iterative methods when ctx.evaluate is given
+    oracle: dict[str, float] = field(default_factory=dict)
+
+    name: ClassVar[str] = ""
+    Settings: ClassVar[type[MethodSettings]] = MethodSettings
+    #: names of end-of-training diagnostics this method emits (become diag_<name> columns)
+    diagnostic_names: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def fit(self, train: FeatureSet, ctx: FitContext) -> None:
+        """Fit on the training pool. train.labels may be read for diagnostics only."""
+
+    @abstractmethod
+    def score(self, test: FeatureSet, ctx: FitContext) -> Scores:
+        """Score test images: image scores and maps at ctx.map_size."""
