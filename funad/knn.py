@@ -33,7 +33,9 @@ def faiss_gpus() -> int:
     return int(get()) if get is not None else 0
 
 
-def _knn_torch(query: torch.Tensor, bank: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _knn_torch(
+    query: torch.Tensor, bank: torch.Tensor, k: int, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     bank = bank.float() if bank.dtype == torch.float16 and bank.device.type == "cpu" else bank
     bank_sq = (bank.float() * bank.float()).sum(1)
     out_d, out_i = [], []
@@ -91,7 +93,9 @@ def knn(
         backend = "torch"
     if backend == "faiss":
         if not faiss_available():
-            raise RuntimeError("knn backend 'faiss' requested but faiss is not installed (extra 'cpu' or 'gpu')")
+            raise RuntimeError(
+                "knn backend 'faiss' requested but faiss is not installed (extra 'cpu' or 'gpu')"
+            )
         return _knn_faiss(query, bank, k)
     if backend != "torch":
         raise ValueError(f"knn: unknown backend {backend!r}; use auto, torch or faiss")

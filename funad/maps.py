@@ -19,16 +19,25 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
     return k / k.sum()
 
 
+def _pad_symmetric(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    """Edge-repeating reflection (scipy.ndimage mode 'reflect': d c b a | a b c d | d c b a)."""
+    n = x.shape[dim]
+    if r > n:
+        raise ValueError(f"blur radius {r} exceeds map size {n}")
+    head = x.narrow(dim, 0, r).flip(dim)
+    tail = x.narrow(dim, n - r, r).flip(dim)
+    return torch.cat([head, x, tail], dim=dim)
+
+
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable blur of [N, H, W] maps with reflect padding (as scipy.ndimage's default)."""
+    """Separable blur of [N, H, W] maps, same as scipy.ndimage.gaussian_filter(mode='reflect', truncate=4)."""
     if sigma <= 0:
         return maps
     k = gaussian_kernel1d(sigma).to(maps.device, maps.dtype)
     r = (k.numel() - 1) // 2
-    x = maps[:, None]
-    x = F.pad(x, (r, r, 0, 0), mode="reflect")
+    x = _pad_symmetric(maps[:, None], r, dim=3)
     x = F.conv2d(x, k.view(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, r, r), mode="reflect")
+    x = _pad_symmetric(x, r, dim=2)
     x = F.conv2d(x, k.view(1, 1, -1, 1))
     return x[:, 0]
 
