@@ -1,0 +1,126 @@
+"""Builders of small on-disk dataset trees in the real layouts (imported explicitly by data tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+W, H = 32, 24  # deliberately not square
+
+
+def write_image(path: Path, size: tuple[int, int] = (W, H), value: int = 0) -> Path:
+    """A small RGB image (PNG or JPG by suffix) with a pattern so files differ."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    arr = np.zeros((h, w, 3), dtype=np.uint8)
+    arr[..., 0] = (np.arange(w)[None, :] * 7 + value) % 256
+    arr[..., 1] = (np.arange(h)[:, None] * 5 + value) % 256
+    arr[..., 2] = value % 256
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def write_mask(path: Path, size: tuple[int, int] = (W, H), fg: int = 255) -> Path:
+    """A grayscale mask: a rectangle of value `fg` in the top-left corner, zero elsewhere."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    arr = np.zeros((h, w), dtype=np.uint8)
+    arr[: h // 2, : w // 4] = fg
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def mask_truth(size: tuple[int, int] = (W, H)) -> np.ndarray:
+    """The bool mask write_mask draws, computed independently of PIL."""
+    w, h = size
+    out = np.zeros((h, w), dtype=bool)
+    out[: h // 2, : w // 4] = True
+    return out
+
+
+def build_mvtec(
+    root: Path,
+    categories: dict[str, dict[str, int]] | None = None,
+    n_train: int = 3,
+    n_good: int = 2,
+    ext: str = ".png",
+) -> Path:
+    """MVTec AD tree: categories maps name -> {defect: count}; masks `<stem>_mask.png`."""
+    categories = categories or {"bottle": {"broken": 2, "scratch": 1}, "wood": {"hole": 2}}
+    for cat, defects in categories.items():
+        for i in range(n_train):
+            write_image(root / cat / "train" / "good" / f"{i:03d}{ext}", value=i)
+        for i in range(n_good):
+            write_image(root / cat / "test" / "good" / f"{i:03d}{ext}", value=50 + i)
+        for defect, k in defects.items():
+            for i in range(k):
+                write_image(root / cat / "test" / defect / f"{i:03d}{ext}", value=100 + i)
+                write_mask(root / cat / "ground_truth" / defect / f"{i:03d}_mask.png")
+    return root
+
+
+def build_visa_csv(root: Path, n_train: int = 3, n_test_normal: int = 2, n_anomaly: int = 2) -> Path:
+    """Official VisA archive layout with split_csv/1cls.csv; masks use values 0/1 like VisA."""
+    lines = ["object,split,label,image,mask"]
+    for cat in ("candle", "pcb1"):
+        base = f"{cat}/Data"
+        for i in range(n_train + n_test_normal):
+            rel = f"{base}/Images/Normal/{i:04d}.JPG"
+            write_image(root / rel, value=i)
+            split = "train" if i < n_train else "test"
+            lines.append(f"{cat},{split},normal,{rel},")
+        for i in range(n_anomaly):
+            rel = f"{base}/Images/Anomaly/{i:03d}.JPG"
+            mrel = f"{base}/Masks/Anomaly/{i:03d}.png"
+            write_image(root / rel, value=200 + i)
+            write_mask(root / mrel, fg=1)
+            lines.append(f"{cat},test,anomaly,{rel},{mrel}")
+    (root / "split_csv").mkdir(parents=True, exist_ok=True)
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def build_visa_tree(root: Path) -> Path:
+    """MVTec-style converted VisA: test/{good,bad}; masks named `<stem>.png` and `<stem>_mask.png`."""
+    for i in range(3):
+        write_image(root / "capsules" / "train" / "good" / f"{i:03d}.JPG", value=i)
+    write_image(root / "capsules" / "test" / "good" / "010.JPG", value=10)
+    write_image(root / "capsules" / "test" / "bad" / "020.JPG", value=20)
+    write_image(root / "capsules" / "test" / "bad" / "021.JPG", value=21)
+    write_mask(root / "capsules" / "ground_truth" / "bad" / "020.png", fg=1)
+    write_mask(root / "capsules" / "ground_truth" / "bad" / "021_mask.png", fg=255)
+    return root
+
+
+def build_folder(root: Path, n_normal: int = 10, n_anomaly: int = 3, masks: bool = True) -> Path:
+    """Random-split folder form: <cat>/normal, <cat>/anomaly, optional <cat>/mask/<stem>.png."""
+    for i in range(n_normal):
+        write_image(root / "parts" / "normal" / f"n{i:02d}.png", value=i)
+    for i in range(n_anomaly):
+        write_image(root / "parts" / "anomaly" / f"a{i:02d}.jpg", value=100 + i)
+        if masks:
+            write_mask(root / "parts" / "mask" / f"a{i:02d}.png")
+    return root
+
+
+def build_folder_fixed(root: Path, masks: bool = True) -> Path:
+    """Fixed-split folder form: <cat>/train/normal, <cat>/test/{normal,anomaly,mask}."""
+    for i in range(4):
+        write_image(root / "gears" / "train" / "normal" / f"t{i}.png", value=i)
+    for i in range(2):
+        write_image(root / "gears" / "test" / "normal" / f"n{i}.png", value=10 + i)
+    for i in range(3):
+        write_image(root / "gears" / "test" / "anomaly" / f"a{i}.png", value=20 + i)
+        if masks:
+            write_mask(root / "gears" / "test" / "mask" / f"a{i}.png")
+    return root
+
+
+def build_classes(root: Path, sizes: dict[str, int]) -> Path:
+    """`<root>/<class>/*` for the one-class loader."""
+    for cls, n in sizes.items():
+        for i in range(n):
+            write_image(root / cls / f"{i:02d}.png", size=(8, 8), value=i)
+    return root
