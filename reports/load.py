@@ -1,0 +1,259 @@
+"""Read a run directory (Parquet + sweep.yaml) without importing funad or harness.
+
+The report must rebuild old runs with the methods uninstalled, and must survive a run that is still being
+written or that crashed: temp files (``*.tmp*``) are skipped and unreadable files are skipped with a warning
+rather than failing the whole report.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+METRICS: tuple[str, ...] = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1max")
+ORACLE: tuple[str, ...] = ("oracle_image_auroc", "oracle_pixel_auroc", "oracle_epoch")
+
+# Columns the report relies on; any that a run lacks are added as nulls so old/partial runs still render.
+RESULT_COLUMNS: dict[str, str] = {
+    "run": "string",
+    "cell_id": "string",
+    "dataset": "string",
+    "category": "string",
+    "method": "string",
+    "backbone": "string",
+    "ratio": "float64",
+    "achieved_ratio": "float64",
+    "overlap": "boolean",
+    "seed": "Int64",
+    "params": "string",
+    "n_train_normal": "Int64",
+    "n_injected": "Int64",
+    "n_test_normal": "Int64",
+    "n_test_anomalous": "Int64",
+    **{m: "float64" for m in METRICS},
+    "oracle_image_auroc": "float64",
+    "oracle_pixel_auroc": "float64",
+    "oracle_epoch": "float64",
+    "status": "string",
+    "error": "string",
+    "attempt": "Int64",
+    "feature_s": "float64",
+    "fit_s": "float64",
+    "eval_s": "float64",
+    "wall_s": "float64",
+    "peak_rss_mb": "float64",
+    "peak_gpu_mb": "float64",
+    "device": "string",
+    "node": "string",
+    "git_commit": "string",
+    "versions": "string",
+}
+HISTORY_COLUMNS: dict[str, str] = {
+    "cell_id": "string",
+    "method": "string",
+    "epoch": "float64",
+    "iteration": "float64",
+}
+MAP_COLUMNS: tuple[str, ...] = (
+    "cell_id",
+    "image_id",
+    "pick",
+    "label",
+    "score",
+    "image_png",
+    "map_png",
+    "mask_png",
+)
+
+
+@dataclass
+class RunData:
+    """Everything the report needs from one run directory."""
+
+    run_dir: Path
+    results: pd.DataFrame
+    history: pd.DataFrame
+    maps: pd.DataFrame
+    spec: dict[str, Any]
+    spec_text: str
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        """Rows with status ok (the only rows that feed metric tables)."""
+        return self.results[self.results["status"] == "ok"]
+
+    @property
+    def name(self) -> str:
+        """Run name: the spec's ``name``, else the ``run`` column, else the directory name."""
+        if isinstance(self.spec.get("name"), str):
+            return self.spec["name"]
+        runs = self.results["run"].dropna().unique() if len(self.results) else []
+        return str(runs[0]) if len(runs) else self.run_dir.name
+
+
+def _parquet_files(folder: Path) -> list[Path]:
+    """Finished Parquet files of a folder; temp files of in-flight atomic writes are not results."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix == ".parquet" and ".tmp" not in p.name
+    )
+
+
+def _read_tables(folder: Path, problems: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+    """Read files one by one (not as a dataset) so one bad file or schema drift cannot sink the rest."""
+    frames: list[pd.DataFrame] = []
+    for path in _parquet_files(folder):
+        try:
+            table = pq.read_table(path)
+            if columns is not None:
+                table = table.select([c for c in columns if c in table.column_names])
+            frames.append(table.to_pandas())
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            msg = f"skipped unreadable file {path}: {type(exc).__name__}: {exc}"
+            warnings.warn(msg, stacklevel=3)
+            problems.append(msg)
+    frames = [f for f in frames if len(f.columns)]
+    if not frames:
+        return pd.DataFrame()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # concat of all-null columns
+        return pd.concat(frames, ignore_index=True, sort=False)
+
+
+def _ensure_columns(df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """Add missing optional columns as nulls and coerce dtypes, so later code needs no existence checks."""
+    df = df.copy()
+    for col, dtype in columns.items():
+        if col not in df.columns:
+            df[col] = pd.Series(pd.NA, index=df.index, dtype="object")
+        try:
+            if dtype == "float64":
+                df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+            elif dtype == "Int64":
+                df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+            elif dtype == "boolean":
+                df[col] = df[col].astype("boolean")
+            else:
+                df[col] = df[col].astype("object").where(df[col].notna(), None)
+        except (TypeError, ValueError):
+            pass
+    return df
+
+
+def _dedupe_results(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: an ok row wins over failed attempts, then the latest attempt/finish time."""
+    if df.empty or df["cell_id"].isna().all():
+        return df
+    order = df.assign(_ok=(df["status"] == "ok").astype(int), _att=df["attempt"].fillna(-1).astype("int64"))
+    sort_cols = ["_ok", "_att"] + (["finished_at"] if "finished_at" in df.columns else [])
+    order = order.sort_values(sort_cols, kind="stable", na_position="first")
+    order = order.drop_duplicates("cell_id", keep="last").drop(columns=["_ok", "_att"])
+    return order.sort_index().reset_index(drop=True)
+
+
+def load_results(run_dir: Path, problems: list[str] | None = None) -> pd.DataFrame:
+    """All result rows of a run, with every expected column present (nulls where absent)."""
+    problems = [] if problems is None else problems
+    df = _read_tables(Path(run_dir) / "results", problems)
+    df = _ensure_columns(df, RESULT_COLUMNS)
+    df["status"] = df["status"].fillna("failed")
+    return _dedupe_results(df)
+
+
+def load_history(run_dir: Path, problems: list[str] | None = None) -> pd.DataFrame:
+    """Per-step training history of all cells (empty frame with key columns when there is none)."""
+    problems = [] if problems is None else problems
+    df = _read_tables(Path(run_dir) / "history", problems)
+    return _ensure_columns(df, HISTORY_COLUMNS)
+
+
+def load_maps(run_dir: Path, problems: list[str] | None = None) -> pd.DataFrame:
+    """Gallery examples (PNG bytes) of all cells."""
+    problems = [] if problems is None else problems
+    df = _read_tables(Path(run_dir) / "maps", problems, columns=list(MAP_COLUMNS))
+    for col in MAP_COLUMNS:
+        if col not in df.columns:
+            df[col] = pd.Series([None] * len(df), dtype="object")
+    return df
+
+
+def load_scores(
+    run_dir: Path, cell_ids: list[str] | None = None, problems: list[str] | None = None
+) -> pd.DataFrame:
+    """Per-image scores (optionally only some cells); large, so the report reads them only on demand."""
+    problems = [] if problems is None else problems
+    folder = Path(run_dir) / "scores"
+    if cell_ids is None:
+        return _read_tables(folder, problems)
+    frames = []
+    for cid in cell_ids:
+        path = folder / f"{cid}.parquet"
+        if path.is_file():
+            try:
+                frames.append(pq.read_table(path).to_pandas())
+            except (OSError, pa.ArrowException, ValueError) as exc:
+                msg = f"skipped unreadable file {path}: {type(exc).__name__}: {exc}"
+                warnings.warn(msg, stacklevel=2)
+                problems.append(msg)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_spec(run_dir: Path, problems: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """The sweep spec as run: parsed dict (empty if missing/invalid) and its raw text for the appendix."""
+    problems = [] if problems is None else problems
+    path = Path(run_dir) / "sweep.yaml"
+    if not path.is_file():
+        return {}, ""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        msg = f"sweep.yaml is not valid YAML: {exc}"
+        warnings.warn(msg, stacklevel=2)
+        problems.append(msg)
+        spec = {}
+    return (spec if isinstance(spec, dict) else {}), text
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read everything a report needs; never raises for missing folders or unreadable files."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    problems: list[str] = []
+    spec, spec_text = load_spec(run_dir, problems)
+    return RunData(
+        run_dir=run_dir,
+        results=load_results(run_dir, problems),
+        history=load_history(run_dir, problems),
+        maps=load_maps(run_dir, problems),
+        spec=spec,
+        spec_text=spec_text,
+        problems=problems,
+    )
+
+
+def hp_columns(df: pd.DataFrame) -> list[str]:
+    """The ``hp_*`` columns present in a frame, in order."""
+    return [c for c in df.columns if c.startswith("hp_")]
+
+
+def parse_versions(value: Any) -> dict[str, Any]:
+    """The ``versions`` JSON of a row as a dict ({} when absent or malformed)."""
+    if not isinstance(value, str) or not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        return {"raw": value}
+    return parsed if isinstance(parsed, dict) else {"raw": value}

@@ -1,0 +1,455 @@
+"""Result tables of a run, computed from the result rows only.
+
+Aggregation (protocol.md, "Reporting rules"):
+
+* a *cell group* is (dataset, method, config, overlap, ratio, count); ``config`` names the method's swept
+  settings (``hp_*`` columns with more than one value for that method) and the backbone when a run has
+  several, so different settings are never averaged together;
+* per category: the mean over seeds;
+* dataset value: the arithmetic mean over categories of those per-category means;
+* std: the sample std (ddof=1) over seeds of the *per-seed* category means (for each seed, the mean over the
+  categories that seed has), i.e. seed-to-seed spread of the dataset number; ``n`` = number of seeds;
+  ``n_categories`` = categories that contributed. A single seed gives std = NaN (shown as "–").
+
+Headline metrics are the last-epoch ones. ``oracle_*`` (best epoch chosen on the test set) live only in
+:func:`oracle_table`, whose headers say so.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reports.load import METRICS, ORACLE, hp_columns
+
+KEYS: list[str] = ["dataset", "method", "config", "overlap", "ratio", "count"]
+ORACLE_LABEL = "oracle (best-on-test epoch)"
+
+
+def _fmt_value(v: Any) -> str:
+    """Compact text for a setting value (0.5 not 0.500000)."""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def swept_settings(ok: pd.DataFrame) -> dict[str, list[str]]:
+    """Per method: the hp_* columns that take more than one value among its rows (the swept settings)."""
+    out: dict[str, list[str]] = {}
+    for method, rows in ok.groupby("method", dropna=False):
+        out[str(method)] = [c for c in hp_columns(rows) if rows[c].dropna().astype(str).nunique() > 1]
+    return out
+
+
+def prepare(results: pd.DataFrame) -> pd.DataFrame:
+    """Add the derived key columns ``config`` and ``count`` to result rows (all statuses)."""
+    df = results.copy()
+    if df.empty:
+        for c in ("config", "count"):
+            df[c] = pd.Series(dtype="object" if c == "config" else "float64")
+        return df
+    swept = swept_settings(df[df["status"] == "ok"] if (df["status"] == "ok").any() else df)
+    multi_backbone = df["backbone"].dropna().nunique() > 1
+
+    def label(row: pd.Series) -> str:
+        parts = [
+            f"{c[3:]}={_fmt_value(row[c])}" for c in swept.get(str(row["method"]), []) if pd.notna(row[c])
+        ]
+        if multi_backbone and pd.notna(row["backbone"]):
+            parts.insert(0, str(row["backbone"]))
+        return ", ".join(parts)
+
+    df["config"] = df.apply(label, axis=1) if len(df) else ""
+    df["count"] = np.where(df["ratio"].isna(), pd.to_numeric(df["n_injected"], errors="coerce"), np.nan)
+    df["overlap"] = df["overlap"].fillna(False).astype(bool)
+    return df
+
+
+def variant_label(method: str, config: str, overlap: bool, show_overlap: bool = False) -> str:
+    """Human name of a (method, config) line: ``funad [keep_ratio=0.5]``."""
+    text = str(method) + (f" [{config}]" if config else "")
+    return text + (" (overlap)" if show_overlap and overlap else "")
+
+
+def aggregate(ok: pd.DataFrame, values: list[str], keys: list[str] | None = None) -> pd.DataFrame:
+    """Seed/category aggregation described in the module docstring.
+
+    Returns one row per group with ``<v>_mean``, ``<v>_std`` for each value column plus ``n`` (seeds) and
+    ``n_categories``.
+    """
+    keys = list(KEYS if keys is None else keys)
+    cols = keys + ["n", "n_categories"] + [f"{v}_{s}" for v in values for s in ("mean", "std")]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    df = ok[keys + ["category", "seed"] + values].copy()
+    for v in values:
+        df[v] = pd.to_numeric(df[v], errors="coerce").astype("float64")
+    g = dict(dropna=False, sort=True)
+    cell = df.groupby(keys + ["category", "seed"], **g)[values].mean()
+    per_cat = cell.groupby(level=keys + ["category"], **g).mean()
+    per_seed = cell.groupby(level=keys + ["seed"], **g).mean()
+    mean = per_cat.groupby(level=keys, **g).mean()
+    std = per_seed.groupby(level=keys, **g).std(ddof=1)
+    n = cell.reset_index().groupby(keys, **g)["seed"].nunique()
+    ncat = cell.reset_index().groupby(keys, **g)["category"].nunique()
+    out = pd.DataFrame({"n": n, "n_categories": ncat})
+    for v in values:
+        out[f"{v}_mean"] = mean[v]
+        out[f"{v}_std"] = std[v]
+    return out.reset_index()[cols]
+
+
+def main_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """(a) dataset × method × ratio: mean ± std over seeds (and n) of every headline metric."""
+    return aggregate(ok, list(METRICS))
+
+
+def category_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """(b) category × ratio per method: mean ± std over seeds of each metric."""
+    keys = KEYS[:2] + ["category"] + KEYS[2:]
+    cols = keys + ["n"] + [f"{v}_{s}" for v in METRICS for s in ("mean", "std")]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    df = ok[keys + ["seed", *METRICS]].copy()
+    g = dict(dropna=False, sort=True)
+    cell = df.groupby(keys + ["seed"], **g)[list(METRICS)].mean()
+    out = pd.DataFrame({"n": cell.reset_index().groupby(keys, **g)["seed"].nunique()})
+    for v in METRICS:
+        out[f"{v}_mean"] = cell[v].groupby(level=keys, **g).mean()
+        out[f"{v}_std"] = cell[v].groupby(level=keys, **g).std(ddof=1)
+    return out.reset_index()[cols]
+
+
+def oracle_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """Best-on-test (oracle) values, aggregated like the main table; empty when no cell computed them."""
+    present = ok[ok[list(ORACLE)].notna().any(axis=1)] if not ok.empty else ok
+    return aggregate(present, list(ORACLE))
+
+
+def sensitivity_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """(d) for each swept setting: metric mean per value (other settings of the method averaged per cell)."""
+    cols = ["dataset", "method", "setting", "value", "overlap", "ratio", "count", "n", "n_categories"]
+    cols += [f"{v}_{s}" for v in METRICS for s in ("mean", "std")]
+    frames = []
+    for method, hps in swept_settings(ok).items():
+        rows = ok[ok["method"] == method]
+        for hp in hps:
+            sub = rows[rows[hp].notna()].assign(setting=hp[3:], value=rows[hp].astype(float))
+            keys = ["dataset", "method", "setting", "value", "overlap", "ratio", "count"]
+            frames.append(aggregate(sub, list(METRICS), keys=keys))
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+def _is_gpu(device: Any) -> bool:
+    return isinstance(device, str) and bool(device) and not device.lower().startswith("cpu")
+
+
+def gpu_fraction(spec: dict[str, Any]) -> float:
+    """GPUs per trial from ``resources.gpu``; 1.0 when unset (a GPU cell held at least one)."""
+    res = spec.get("resources") if isinstance(spec, dict) else None
+    try:
+        value = float(res.get("gpu")) if isinstance(res, dict) and res.get("gpu") is not None else 0.0
+    except (TypeError, ValueError):
+        value = 0.0
+    return value if value > 0 else 1.0
+
+
+def cost_table(results: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
+    """(e) cost per method over all attempts' final rows (failed cells cost time too).
+
+    GPU-hours = sum over GPU cells of wall_s × GPUs per trial / 3600.
+    """
+    cols = [
+        "method",
+        "cells",
+        "ok",
+        "failed",
+        "wall_s_mean",
+        "wall_s_total",
+        "feature_s_mean",
+        "fit_s_mean",
+        "eval_s_mean",
+        "gpu_hours",
+        "peak_rss_mb_max",
+        "peak_gpu_mb_max",
+        "devices",
+    ]
+    if results.empty:
+        return pd.DataFrame(columns=cols)
+    frac = gpu_fraction(spec)
+    rows = []
+    for method, df in results.groupby("method", dropna=False, sort=True):
+        gpu = df["device"].map(_is_gpu).astype(bool)
+        rows.append(
+            {
+                "method": method,
+                "cells": len(df),
+                "ok": int((df["status"] == "ok").sum()),
+                "failed": int((df["status"] != "ok").sum()),
+                "wall_s_mean": df["wall_s"].mean(),
+                "wall_s_total": df["wall_s"].sum(min_count=1),
+                "feature_s_mean": df["feature_s"].mean(),
+                "fit_s_mean": df["fit_s"].mean(),
+                "eval_s_mean": df["eval_s"].mean(),
+                "gpu_hours": float((df.loc[gpu, "wall_s"].fillna(0) * frac).sum() / 3600.0),
+                "peak_rss_mb_max": df["peak_rss_mb"].max(),
+                "peak_gpu_mb_max": df["peak_gpu_mb"].max(),
+                "devices": ", ".join(sorted({str(d) for d in df["device"].dropna()})),
+            }
+        )
+    return pd.DataFrame(rows, columns=cols)
+
+
+def failures_table(results: pd.DataFrame) -> pd.DataFrame:
+    """(f) every cell whose final status is not ok, with its error text."""
+    cols = [
+        "cell_id",
+        "dataset",
+        "category",
+        "method",
+        "config",
+        "ratio",
+        "overlap",
+        "seed",
+        "attempt",
+        "status",
+        "error",
+    ]
+    if results.empty:
+        return pd.DataFrame(columns=cols)
+    bad = results[results["status"] != "ok"]
+    return (
+        bad[cols]
+        .sort_values(["dataset", "method", "category", "ratio", "seed"], na_position="last", kind="stable")
+        .reset_index(drop=True)
+    )
+
+
+def _grid_values(settings: Any) -> list[dict[str, Any]]:
+    """Expand a method's settings (lists are axes) into the list of hp dicts of its grid."""
+    if not isinstance(settings, dict):
+        return [{}]
+    combos: list[dict[str, Any]] = [{}]
+    for key, value in settings.items():
+        if isinstance(value, list):
+            combos = [{**c, key: v} for c in combos for v in value]
+    return combos
+
+
+def missing_cells(spec: dict[str, Any], results: pd.DataFrame) -> pd.DataFrame:
+    """Cells of the sweep.yaml grid with no result row at all (not run yet, or lost).
+
+    Best effort: datasets match on their ``name`` or ``kind``; ``categories: all`` uses the categories seen
+    in the
+    results for that dataset; absolute counts are not expanded. Empty when the spec cannot be read.
+    """
+    cols = ["dataset", "category", "method", "config", "ratio", "seed"]
+    try:
+        datasets = spec.get("datasets") or []
+        ratios = (spec.get("contamination") or {}).get("ratios") or []
+        seeds = spec.get("seeds") or []
+        methods = spec.get("methods") or {}
+    except AttributeError:
+        return pd.DataFrame(columns=cols)
+    if not (datasets and ratios and seeds and methods):
+        return pd.DataFrame(columns=cols)
+    seen_names = set(results["dataset"].dropna().astype(str)) if not results.empty else set()
+    have: dict[tuple, list[dict[str, str]]] = {}
+    hps = hp_columns(results)
+    for r in results.to_dict("records"):
+        if pd.isna(r["ratio"]) or pd.isna(r["seed"]):
+            continue
+        key = (
+            str(r["dataset"]),
+            str(r["category"]),
+            str(r["method"]),
+            round(float(r["ratio"]), 9),
+            int(r["seed"]),
+        )
+        have.setdefault(key, []).append({c[3:]: _fmt_value(r[c]) for c in hps if pd.notna(r[c])})
+    out = []
+    for ds in datasets:
+        if not isinstance(ds, dict):
+            continue
+        candidates = [str(ds[k]) for k in ("name", "kind") if ds.get(k) is not None]
+        name = next((c for c in candidates if c in seen_names), candidates[0] if candidates else "?")
+        cats = ds.get("categories", "all")
+        if cats == "all" or not isinstance(cats, list):
+            cats = sorted(set(results.loc[results["dataset"] == name, "category"].dropna().astype(str)))
+        for method, settings in methods.items():
+            for combo in _grid_values(settings):
+                want = {k: _fmt_value(v) for k, v in combo.items()}
+                for cat in cats:
+                    for ratio in ratios:
+                        for seed in seeds:
+                            try:
+                                key = (name, str(cat), str(method), round(float(ratio), 9), int(seed))
+                            except (TypeError, ValueError):
+                                continue
+                            if not any(
+                                all(h.get(k) == v for k, v in want.items()) for h in have.get(key, [])
+                            ):
+                                out.append(
+                                    {
+                                        "dataset": name,
+                                        "category": cat,
+                                        "method": method,
+                                        "config": ", ".join(f"{k}={v}" for k, v in want.items()),
+                                        "ratio": float(ratio),
+                                        "seed": int(seed),
+                                    }
+                                )
+    return pd.DataFrame(out, columns=cols)
+
+
+# ----------------------------------------------------------------------------------------------- formatting
+
+
+def pct(mean: Any, std: Any = None) -> str:
+    """``98.45 ± 0.12`` in % (metrics are stored in [0, 1]); '–' for missing."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)) or pd.isna(mean):
+        return "–"
+    text = f"{100 * float(mean):.2f}"
+    if std is not None and not pd.isna(std):
+        text += f" ± {100 * float(std):.2f}"
+    return text
+
+
+def num(value: Any, digits: int = 2) -> str:
+    """Plain number text; '–' for missing."""
+    if value is None or pd.isna(value):
+        return "–"
+    if isinstance(value, int | np.integer) or (
+        isinstance(value, float) and float(value).is_integer() and abs(value) < 1e12 and digits == 0
+    ):
+        return str(int(value))
+    return f"{float(value):.{digits}f}"
+
+
+def _key_text(df: pd.DataFrame) -> pd.DataFrame:
+    """Readable key columns: ratio/count, overlap as yes/no; drop constant-empty ones."""
+    out = pd.DataFrame(index=df.index)
+    for c in ["dataset", "method", "config", "category", "setting", "value", "overlap", "ratio", "count"]:
+        if c not in df.columns:
+            continue
+        if c == "overlap":
+            out[c] = df[c].map(lambda v: "yes" if bool(v) else "no")
+        elif c in ("ratio", "value"):
+            out[c] = df[c].map(lambda v: "–" if pd.isna(v) else f"{float(v):g}")
+        elif c == "count":
+            if df[c].notna().any():
+                out["count"] = df[c].map(lambda v: "–" if pd.isna(v) else str(int(v)))
+        elif c == "config":
+            if df[c].astype(str).str.len().gt(0).any():
+                out[c] = df[c].astype(str)
+        else:
+            out[c] = df[c].astype(str)
+    return out
+
+
+def display(df: pd.DataFrame, values: list[str] | None = None, label: str = "") -> pd.DataFrame:
+    """Turn an aggregated table into text columns: keys, n, then ``metric (%)`` = mean ± std.
+
+    ``label`` prefixes metric headers (used for the oracle table: "oracle (best-on-test epoch) image_auroc").
+    """
+    values = list(METRICS if values is None else values)
+    out = _key_text(df)
+    for c in ("n", "n_categories"):
+        if c in df.columns:
+            out[c] = df[c].map(lambda v: num(v, 0))
+    for v in values:
+        if f"{v}_mean" not in df.columns:
+            continue
+        head = f"{label} {v.removeprefix('oracle_') if label else v}".strip()
+        if v == "oracle_epoch":
+            out[head] = [
+                num(m, 1) + ("" if pd.isna(s) else f" ± {float(s):.1f}")
+                for m, s in zip(df[f"{v}_mean"], df[f"{v}_std"], strict=True)
+            ]
+        else:
+            out[f"{head} (%)"] = [pct(m, s) for m, s in zip(df[f"{v}_mean"], df[f"{v}_std"], strict=True)]
+    return out.reset_index(drop=True)
+
+
+def display_cost(df: pd.DataFrame) -> pd.DataFrame:
+    """Cost table as text (seconds with one decimal, GPU-hours with three)."""
+    out = pd.DataFrame({"method": df["method"].astype(str)})
+    for c in ("cells", "ok", "failed"):
+        out[c] = df[c].map(lambda v: num(v, 0))
+    for c in ("wall_s_mean", "wall_s_total", "feature_s_mean", "fit_s_mean", "eval_s_mean"):
+        out[c] = df[c].map(lambda v: num(v, 1))
+    out["gpu_hours"] = df["gpu_hours"].map(lambda v: num(v, 3))
+    out["peak_rss_mb_max"] = df["peak_rss_mb_max"].map(lambda v: num(v, 0))
+    out["peak_gpu_mb_max"] = df["peak_gpu_mb_max"].map(lambda v: num(v, 0))
+    out["devices"] = df["devices"].astype(str)
+    return out.reset_index(drop=True)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """GitHub-style Markdown table of a text frame (pipes and newlines escaped)."""
+
+    def cell(v: Any) -> str:
+        text = str(v).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    if df.empty:
+        return "_(no rows)_\n"
+    lines = [
+        "| " + " | ".join(cell(c) for c in df.columns) + " |",
+        "|" + "|".join("---" for _ in df.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+}
+
+
+def latex_escape(text: Any) -> str:
+    """Escape LaTeX specials so names like ``metal_nut`` compile."""
+    return "".join(_LATEX.get(ch, ch) for ch in str(text))
+
+
+def to_latex(df: pd.DataFrame, caption: str) -> str:
+    """A booktabs table (no pandas/jinja dependency); ``±`` becomes ``$\\pm$``."""
+    cols = list(df.columns)
+    body = []
+    for row in df.itertuples(index=False):
+        body.append(" & ".join(latex_escape(v).replace("±", r"$\pm$") for v in row) + r" \\")
+    return "\n".join(
+        [
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\small",
+            r"\begin{tabular}{" + "l" * len(cols) + "}",
+            r"\toprule",
+            " & ".join(latex_escape(c) for c in cols) + r" \\",
+            r"\midrule",
+            *body,
+            r"\bottomrule",
+            r"\end{tabular}",
+            r"\caption{" + latex_escape(caption) + "}",
+            r"\end{table}",
+            "",
+        ]
+    )
