@@ -1,0 +1,147 @@
+"""The grid: size, swept-value columns, and cell ids that never drift (resume depends on them)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest_data import build_mvtec
+
+from harness.cells import compute_cell_id, expand_cells, feature_jobs, method_axes, method_grid
+from harness.spec import load_spec
+
+GOLDEN = dict(
+    dataset={"kind": "mvtec", "root": "/data/mvtec"},
+    category="bottle",
+    backbone={"name": "tf_efficientnet_lite0", "weights": "bundled", "resize": 256, "crop": 224},
+    method="patchcore",
+    settings={"coreset_ratio": 0.1, "k": 1},
+    ratio=0.1,
+    count=None,
+    overlap=False,
+    seed=0,
+)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_mvtec(tmp_path_factory.mktemp("cells") / "mvtec")
+
+
+def spec_file(tmp_path: Path, root: Path, **changes: Any) -> Path:
+    d: dict[str, Any] = {
+        "name": "g",
+        "datasets": [{"kind": "mvtec", "root": str(root), "categories": "all"}],
+        "backbone": {"resize": 64, "crop": 64},
+        "contamination": {"ratios": [0.0, 0.1], "overlap": [False, True]},
+        "seeds": [0, 1, 2],
+        "methods": {"patchcore": {"coreset_ratio": [0.25, 0.5], "reweight": [True, False]}, "softpatch": {}},
+    }
+    d.update(changes)
+    p = tmp_path / f"{d['name']}.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def test_golden_cell_id() -> None:
+    """The id is sha256 of sorted-key compact JSON; this value must never change."""
+    assert compute_cell_id(**GOLDEN) == "bdb32c9d346566db"
+    payload = {k: GOLDEN[k] for k in ("dataset", "category", "backbone", "method", "settings")}
+    payload |= {"ratio": 0.1, "count": None, "overlap": False, "seed": 0}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    assert hashlib.sha256(text.encode()).hexdigest()[:16] == "bdb32c9d346566db"
+
+
+def test_cell_id_sensitivity() -> None:
+    base = compute_cell_id(**GOLDEN)
+    # key order and int-vs-float ratio do not matter
+    reordered = dict(GOLDEN, settings={"k": 1, "coreset_ratio": 0.1}, ratio=0.1)
+    assert compute_cell_id(**reordered) == base
+    assert compute_cell_id(**dict(GOLDEN, ratio=0)) == compute_cell_id(**dict(GOLDEN, ratio=0.0))
+    for change in (
+        {"seed": 1},
+        {"overlap": True},
+        {"ratio": 0.2},
+        {"ratio": None, "count": 10},
+        {"category": "wood"},
+        {"method": "softpatch"},
+        {"settings": {"coreset_ratio": 0.2, "k": 1}},
+        {"backbone": dict(GOLDEN["backbone"], crop=200)},
+        {"dataset": {"kind": "mvtec", "root": "/other"}},
+        {"shortfall": "augment"},
+        {"min_test_anomalies": 3},
+    ):
+        assert compute_cell_id(**(GOLDEN | change)) != base, change
+
+
+def test_method_grid_axes() -> None:
+    grid = method_grid(
+        "patchcore", {"coreset_ratio": [0.1, 0.2], "reweight": [True, False], "map_sigma": 2.0}
+    )
+    assert len(grid) == 4
+    params, hp = grid[1]
+    assert params == {"coreset_ratio": 0.1, "reweight": False, "map_sigma": 2.0}
+    assert hp == {"coreset_ratio": 0.1, "reweight": False}
+    assert method_grid("softpatch", {}) == [({}, {})]
+    assert method_axes("patchcore", {"map_sigma": 2.0}) == {}
+
+
+def test_grid_size_and_hp(tmp_path: Path, root: Path) -> None:
+    spec = load_spec(spec_file(tmp_path, root))
+    cells = expand_cells(spec)
+    # 2 categories x (patchcore 2x2 + softpatch 1) x 2 ratios x 2 overlaps x 3 seeds
+    assert len(cells) == 2 * 5 * 2 * 2 * 3
+    assert len({c.cell_id for c in cells}) == len(cells)
+    pc = [c for c in cells if c.config.method == "patchcore"]
+    assert {tuple(sorted(c.hp)) for c in pc} == {("coreset_ratio", "reweight")}
+    assert all(c.hp == {} for c in cells if c.config.method == "softpatch")
+    c0 = pc[0]
+    assert c0.config.params == {"coreset_ratio": c0.hp["coreset_ratio"], "reweight": c0.hp["reweight"]}
+    assert c0.config.dataset == {"kind": "mvtec", "root": str(root)}
+    assert c0.config.backbone["resize"] == 64 and c0.config.backbone["name"] == "tf_efficientnet_lite0"
+    assert {c.config.category for c in cells} == {"bottle", "wood"}
+    assert {c.config.ratio for c in cells} == {0.0, 0.1}
+    assert {c.config.overlap for c in cells} == {False, True}
+    jobs = feature_jobs(cells)
+    assert len(jobs) == 2 and {j.category for j in jobs} == {"bottle", "wood"}
+    dataset, category, backbone = jobs[0]  # also a plain 3-tuple
+    assert dataset["kind"] == "mvtec" and backbone["crop"] == 64
+
+
+def test_defaults_filled_hash_the_same(tmp_path: Path, root: Path) -> None:
+    from funad.methods import default_settings
+
+    d = default_settings("patchcore")
+    explicit = load_spec(
+        spec_file(
+            tmp_path,
+            root,
+            name="explicit",
+            methods={"patchcore": {"coreset_ratio": d["coreset_ratio"], "map_sigma": d["map_sigma"]}},
+            backbone={"name": "tf_efficientnet_lite0", "weights": "bundled", "resize": 64, "crop": 64},
+        )
+    )
+    implicit = load_spec(spec_file(tmp_path, root, name="implicit", methods={"patchcore": {}}))
+    a = [c.cell_id for c in expand_cells(explicit)]
+    b = [c.cell_id for c in expand_cells(implicit)]
+    assert a == b and len(a) == 2 * 2 * 2 * 3
+    # and a different value is a different cell
+    other = load_spec(spec_file(tmp_path, root, name="other", methods={"patchcore": {"map_sigma": 1.0}}))
+    assert not set(a) & {c.cell_id for c in expand_cells(other)}
+
+
+def test_ids_do_not_depend_on_run_name_or_storage(tmp_path: Path, root: Path) -> None:
+    a = load_spec(spec_file(tmp_path, root, name="one", storage="x", eval_every=5))
+    b = load_spec(spec_file(tmp_path, root, name="two", storage="y"))
+    assert [c.cell_id for c in expand_cells(a)] == [c.cell_id for c in expand_cells(b)]
+
+
+def test_counts_instead_of_ratios(tmp_path: Path, root: Path) -> None:
+    spec = load_spec(spec_file(tmp_path, root, contamination={"counts": [1, 2]}, methods={"softpatch": {}}))
+    cells = expand_cells(spec)
+    assert len(cells) == 2 * 2 * 3
+    assert {(c.config.ratio, c.config.count) for c in cells} == {(None, 1), (None, 2)}
