@@ -1,0 +1,230 @@
+"""On-disk feature cache: one verified fp16 entry per image, plus memory-mapped per-set packs.
+
+Layout under `<cache_dir>/<backbone_key>/`:
+    backbone.json                 what this directory holds (human-readable)
+    entries/<k[:2]>/<k>.npy       [1 + H*W, C] float16, row 0 = CLS; k = sha256(image bytes + augment)
+    entries/<k[:2]>/<k>.json      {"shape", "dtype", "sha256"} of the data: detects truncation/bit rot
+    packs/<p>.npy                 [N, 1 + H*W, C] float16 for one ordered image list; p = hash of the keys
+    packs/<p>.json                {"shape", "dtype", "sha256", "keys"}
+
+Why packs: several trial processes reading the same category open one file with mmap and share the
+page cache instead of each holding a private copy.
+
+Concurrency: every file is written to a temp file in the same directory and moved into place with
+os.replace. The two files of an entry (data + sidecar) are swapped in under an exclusive flock on
+`<backbone_key>/.lock`, and readers hold a shared lock while reading the pair, so a reader never pairs
+one writer's data with another writer's sidecar. Two processes computing the same entry just both
+write it; the last one wins and both are valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX: atomic replace still holds, pairing may race
+    fcntl = None  # type: ignore[assignment]
+
+DTYPE = np.dtype(np.float16)
+
+
+def entry_key(image_path: Path, augment: int | None) -> str:
+    """Content address of one image as the backbone sees it: file bytes plus the augment seed."""
+    h = hashlib.sha256()
+    with open(image_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    h.update(b"\0augment:" + (b"none" if augment is None else str(int(augment)).encode()))
+    return h.hexdigest()
+
+
+def _sha256_array(arr: np.ndarray, chunk_rows: int = 64) -> str:
+    """sha256 of the C-order bytes, in chunks so a memory-mapped pack is never copied whole."""
+    h = hashlib.sha256()
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
+    for i in range(0, arr.shape[0], chunk_rows):
+        h.update(np.ascontiguousarray(arr[i : i + chunk_rows]).tobytes())
+    return h.hexdigest()
+
+
+def _write_atomic_bytes(path: Path, data: bytes) -> Path:
+    """Write to a temp file next to `path` (same filesystem) and return the temp path (not yet moved)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(tmp)
+
+
+def _write_temp_npy(path: Path, arr: np.ndarray) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(tmp)
+
+
+class FeatureCache:
+    """Entries and packs of one backbone key (see the module docstring for the layout)."""
+
+    def __init__(self, root: Path, entry_shape: tuple[int, int]) -> None:
+        self.root = Path(root)
+        self.entry_shape = (int(entry_shape[0]), int(entry_shape[1]))
+        (self.root / "entries").mkdir(parents=True, exist_ok=True)
+        (self.root / "packs").mkdir(parents=True, exist_ok=True)
+        self._lock_path = self.root / ".lock"
+        self._lock_path.touch(exist_ok=True)
+
+    # -- locking ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self, exclusive: bool) -> Iterator[None]:
+        if fcntl is None:
+            yield
+            return
+        with open(self._lock_path, "rb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def write_description(self, desc: dict[str, Any]) -> None:
+        """backbone.json, once (it never changes for a given key)."""
+        path = self.root / "backbone.json"
+        if not path.exists():
+            tmp = _write_atomic_bytes(path, json.dumps(desc, indent=2, sort_keys=True).encode())
+            os.replace(tmp, path)
+
+    # -- entries ------------------------------------------------------------------------------
+
+    def entry_paths(self, key: str) -> tuple[Path, Path]:
+        d = self.root / "entries" / key[:2]
+        return d / f"{key}.npy", d / f"{key}.json"
+
+    def read_entry(self, key: str, *, verify_checksum: bool = True) -> np.ndarray | None:
+        """The entry's array, or None when it is missing, truncated, of the wrong shape/dtype or corrupt."""
+        data_path, meta_path = self.entry_paths(key)
+        with self._lock(exclusive=False):
+            try:
+                meta = json.loads(meta_path.read_text())
+                arr = np.load(data_path, allow_pickle=False)
+            except (OSError, ValueError, EOFError):
+                return None
+        if arr.dtype != DTYPE or arr.shape != self.entry_shape:
+            return None
+        if meta.get("shape") != list(self.entry_shape) or meta.get("dtype") != DTYPE.str:
+            return None
+        if verify_checksum and meta.get("sha256") != _sha256_array(arr):
+            return None
+        return arr
+
+    def write_entry(self, key: str, arr: np.ndarray) -> None:
+        """Atomically store one image's [1 + H*W, C] features as fp16."""
+        arr = np.ascontiguousarray(arr, dtype=DTYPE)
+        if arr.shape != self.entry_shape:
+            raise ValueError(f"feature entry shape {arr.shape} != expected {self.entry_shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(
+                f"non-finite features for entry {key} (fp16 overflow?); not caching them"
+            )
+        data_path, meta_path = self.entry_paths(key)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"shape": list(arr.shape), "dtype": DTYPE.str, "sha256": _sha256_array(arr)}
+        tmp_data = _write_temp_npy(data_path, arr)
+        tmp_meta = _write_atomic_bytes(meta_path, json.dumps(meta).encode())
+        with self._lock(exclusive=True):
+            os.replace(tmp_data, data_path)
+            os.replace(tmp_meta, meta_path)
+
+    # -- packs --------------------------------------------------------------------------------
+
+    @staticmethod
+    def pack_key(keys: Sequence[str]) -> str:
+        return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+    def pack_paths(self, pkey: str) -> tuple[Path, Path]:
+        d = self.root / "packs"
+        return d / f"{pkey}.npy", d / f"{pkey}.json"
+
+    def open_pack(self, keys: Sequence[str], *, verify_checksum: bool = True) -> np.memmap | None:
+        """The pack for this ordered key list as a read-only memmap, or None if absent or invalid."""
+        data_path, meta_path = self.pack_paths(self.pack_key(keys))
+        shape = (len(keys), *self.entry_shape)
+        with self._lock(exclusive=False):
+            try:
+                meta = json.loads(meta_path.read_text())
+                arr = np.load(data_path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError):
+                return None
+        if not isinstance(arr, np.memmap) or arr.dtype != DTYPE or arr.shape != shape:
+            return None
+        if meta.get("shape") != list(shape) or meta.get("keys") != list(keys):
+            return None
+        if verify_checksum and meta.get("sha256") != _sha256_array(arr):
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(data_path)  # mtime = last use, for prune_packs
+        return arr
+
+    def build_pack(self, keys: Sequence[str]) -> None:
+        """Concatenate existing (verified) entries, in order, into one atomically written pack."""
+        data_path, meta_path = self.pack_paths(self.pack_key(keys))
+        shape = (len(keys), *self.entry_shape)
+        fd, tmp = tempfile.mkstemp(dir=data_path.parent, prefix=f".{data_path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp_data = Path(tmp)
+        try:
+            out = np.lib.format.open_memmap(tmp_data, mode="w+", dtype=DTYPE, shape=shape)
+            h = hashlib.sha256()
+            for i, k in enumerate(keys):
+                arr = self.read_entry(k, verify_checksum=False)
+                if arr is None:
+                    raise RuntimeError(f"feature cache entry {k} vanished or broke while packing")
+                out[i] = arr
+                h.update(arr.tobytes())
+            out.flush()
+            del out
+            with open(tmp_data, "rb+") as f:
+                os.fsync(f.fileno())
+            meta = {"shape": list(shape), "dtype": DTYPE.str, "sha256": h.hexdigest(), "keys": list(keys)}
+            tmp_meta = _write_atomic_bytes(meta_path, json.dumps(meta).encode())
+            with self._lock(exclusive=True):
+                os.replace(tmp_data, data_path)
+                os.replace(tmp_meta, meta_path)
+        finally:
+            if tmp_data.exists():
+                tmp_data.unlink()
+
+
+def prune_packs(cache_dir: Path, *, older_than_s: float) -> int:
+    """Delete packs unused for `older_than_s` seconds under every backbone key; returns how many.
+
+    Packs duplicate their entries (one per ordered image list, e.g. per contamination split), so a
+    long sweep accumulates them; entries are kept. A process that still has a deleted pack mapped keeps
+    reading it safely (POSIX unlink semantics); the next request simply rebuilds it from the entries.
+    """
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for data_path in Path(cache_dir).glob("*/packs/*.npy"):
+        with contextlib.suppress(FileNotFoundError):
+            if data_path.stat().st_mtime < cutoff:
+                data_path.unlink()
+                data_path.with_suffix(".json").unlink(missing_ok=True)
+                removed += 1
+    return removed

@@ -1,0 +1,261 @@
+"""Frozen-backbone features for a list of images: preprocessing, cached extraction, masks.
+
+Public API (see docs/interfaces.md): BackboneConfig, backbone_key, feature_dim, extract_features,
+load_masks, load_crop, forward_count, reset_forward_count. Backbone and weight handling live in
+funad/backbones.py, the on-disk cache in funad/feature_cache.py.
+
+Preprocessing (protocol.md): RGB -> [optional seeded affine for augmented copies] -> resize to
+resize x resize (bilinear, aspect not kept) -> center crop `crop` -> normalise with mean/std.
+Masks get the same affine (nearest), a nearest resize and the same crop, so mask pixels stay aligned
+with the 224x224 crop that the metrics are computed on.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage.transform import AffineTransform, warp
+from tqdm import tqdm
+
+from funad.backbones import (
+    BackboneConfig,
+    BackboneError,
+    FeatureExtractor,
+    backbone_key,
+    build_extractor,
+    feature_dim,
+    key_description,
+    resolved_mean_std,
+)
+from funad.data.images import image_size, load_mask, load_rgb
+from funad.data.records import ImageRecord
+from funad.feature_cache import FeatureCache, entry_key, prune_packs
+from funad.featureset import FeatureSet
+
+__all__ = [
+    "BackboneConfig",
+    "BackboneError",
+    "augment_params",
+    "backbone_key",
+    "extract_features",
+    "feature_dim",
+    "forward_count",
+    "load_crop",
+    "load_masks",
+    "preprocess",
+    "prune_packs",
+    "reset_forward_count",
+]
+
+_FORWARD_COUNT = 0
+# One live extractor per process (keyed by backbone key + device): repeated calls skip the rebuild.
+_EXTRACTOR: tuple[tuple[str, str], FeatureExtractor] | None = None
+
+
+def forward_count() -> int:
+    """Images passed through a backbone in this process (tests and benchmarks check cache hits)."""
+    return _FORWARD_COUNT
+
+
+def reset_forward_count() -> None:
+    global _FORWARD_COUNT
+    _FORWARD_COUNT = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def augment_params(seed: int) -> dict[str, float]:
+    """The seeded affine of an augmented copy: rotation +-10 deg, translate +-4 %, scale 0.95-1.05."""
+    rng = np.random.default_rng([0xA46, int(seed)])
+    return {
+        "angle": float(rng.uniform(-10.0, 10.0)),
+        "tx": float(rng.uniform(-0.04, 0.04)),
+        "ty": float(rng.uniform(-0.04, 0.04)),
+        "scale": float(rng.uniform(0.95, 1.05)),
+    }
+
+
+def _affine(arr: np.ndarray, seed: int, order: int) -> np.ndarray:
+    """Apply augment_params(seed) about the image centre. Borders are mirrored (mode='reflect') so no
+    black corners appear that a detector could mistake for a defect; the mask gets the same mapping."""
+    h, w = arr.shape[:2]
+    p = augment_params(seed)
+    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    fwd = (
+        AffineTransform(translation=-c)
+        + AffineTransform(scale=p["scale"], rotation=np.deg2rad(p["angle"]))
+        + AffineTransform(translation=c + np.array([p["tx"] * w, p["ty"] * h]))
+    )
+    out = warp(arr, fwd.inverse, order=order, mode="reflect", preserve_range=True)
+    return out.astype(arr.dtype) if order == 0 else np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _crop_box(resize: int, crop: int) -> tuple[int, int]:
+    """Top-left offset of the center crop (same rounding as torchvision's CenterCrop)."""
+    off = int(round((resize - crop) / 2.0))
+    return off, off
+
+
+def load_crop(record: ImageRecord, cfg: BackboneConfig) -> np.ndarray:
+    """The image as the backbone sees it before normalisation: uint8 [crop, crop, 3] (also for reports)."""
+    im = load_rgb(record.path)
+    if record.augment is not None:
+        im = Image.fromarray(_affine(np.asarray(im), record.augment, order=1))
+    im = im.resize((cfg.resize, cfg.resize), Image.Resampling.BILINEAR)
+    top, left = _crop_box(cfg.resize, cfg.crop)
+    return np.asarray(im)[top : top + cfg.crop, left : left + cfg.crop]
+
+
+def preprocess(record: ImageRecord, cfg: BackboneConfig) -> torch.Tensor:
+    """Normalised float32 tensor [3, crop, crop]."""
+    mean, std = resolved_mean_std(cfg)
+    x = load_crop(record, cfg).astype(np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+class _Images(torch.utils.data.Dataset):
+    """Records -> tensors, so DataLoader workers can decode images in parallel (num_workers > 0)."""
+
+    def __init__(self, records: Sequence[ImageRecord], cfg: BackboneConfig) -> None:
+        self.records, self.cfg = list(records), cfg
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return preprocess(self.records[i], self.cfg)
+
+
+def load_masks(records: Sequence[ImageRecord], cfg: BackboneConfig) -> np.ndarray:
+    """[N, crop, crop] bool ground truth aligned with the feature crop (no mask -> all False)."""
+    out = np.zeros((len(records), cfg.crop, cfg.crop), dtype=bool)
+    top, left = _crop_box(cfg.resize, cfg.crop)
+    for i, r in enumerate(records):
+        if r.mask_path is None:
+            continue
+        m = load_mask(r.mask_path, image_size(r.path))
+        if r.augment is not None:
+            m = _affine(m.astype(np.uint8), r.augment, order=0)
+        im = Image.fromarray((m > 0).astype(np.uint8) * 255).resize(
+            (cfg.resize, cfg.resize), Image.Resampling.NEAREST
+        )
+        out[i] = np.asarray(im)[top : top + cfg.crop, left : left + cfg.crop] > 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _extractor(cfg: BackboneConfig, key: str, device: torch.device) -> FeatureExtractor:
+    global _EXTRACTOR
+    ident = (key, str(device))
+    if _EXTRACTOR is None or _EXTRACTOR[0] != ident:
+        _EXTRACTOR = None  # free the previous model before building the next
+        _EXTRACTOR = (ident, build_extractor(cfg, device))
+    return _EXTRACTOR[1]
+
+
+def _compute(
+    records: Sequence[ImageRecord],
+    keys: Sequence[str],
+    cfg: BackboneConfig,
+    bkey: str,
+    cache: FeatureCache,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+    num_workers: int,
+) -> None:
+    """Run the backbone over `records` in batches and write one cache entry per image."""
+    global _FORWARD_COUNT
+    model = _extractor(cfg, bkey, device)
+    loader: torch.utils.data.DataLoader | None = None
+    if num_workers > 0:
+        loader = torch.utils.data.DataLoader(
+            _Images(records, cfg), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        batches = iter(loader)
+    bar = tqdm(total=len(records), desc=f"features {cfg.name}", unit="img", file=sys.stderr,
+               disable=not progress)
+    try:
+        for start in range(0, len(records), batch_size):
+            chunk = records[start : start + batch_size]
+            x = next(batches) if loader is not None else torch.stack([preprocess(r, cfg) for r in chunk])
+            with torch.inference_mode():
+                feats = model(x.to(device, non_blocking=True)).float().cpu().numpy()
+            _FORWARD_COUNT += len(chunk)
+            for j, k in enumerate(keys[start : start + batch_size]):
+                try:
+                    cache.write_entry(k, feats[j].astype(np.float16))
+                except ValueError as e:
+                    raise BackboneError(f"{chunk[j].path}: {e}") from e
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+def extract_features(
+    records: Sequence[ImageRecord],
+    cfg: BackboneConfig,
+    cache_dir: Path,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    num_workers: int = 0,
+    verify_checksums: bool = True,
+) -> FeatureSet:
+    """Features of `records` (in order), computed only for images not yet in the cache.
+
+    Returns a FeatureSet whose cls [N, C] and patches [N, H, W, C] are read-only fp16 views into one
+    memory-mapped pack file; labels come from record.label, masks are None (see load_masks).
+    verify_checksums=False skips the sha256 check of entries and packs (shape/dtype are always checked).
+    """
+    records = list(records)
+    gh, gw, c = feature_dim(cfg)
+    bkey = backbone_key(cfg)
+    cache = FeatureCache(Path(cache_dir) / bkey, (1 + gh * gw, c))
+    cache.write_description(key_description(cfg))
+    labels = np.asarray([r.label for r in records], dtype=np.int8)
+    ids = [r.image_id for r in records]
+    if not records:
+        return FeatureSet(ids, np.zeros((0, c), np.float16), np.zeros((0, gh, gw, c), np.float16), labels)
+
+    keys = [entry_key(r.path, r.augment) for r in records]
+    pack = cache.open_pack(keys, verify_checksum=verify_checksums)
+    if pack is None:
+        todo: dict[str, ImageRecord] = {}
+        for r, k in zip(records, keys, strict=True):
+            if k not in todo and cache.read_entry(k, verify_checksum=verify_checksums) is None:
+                todo[k] = r
+        if todo:
+            _compute(list(todo.values()), list(todo), cfg, bkey, cache, _resolve_device(device),
+                     batch_size, progress, num_workers)
+        cache.build_pack(keys)
+        pack = cache.open_pack(keys, verify_checksum=False)
+        if pack is None:
+            raise RuntimeError(f"{cache.root}: feature pack could not be reopened after writing it")
+    n = len(records)
+    return FeatureSet(
+        image_ids=ids,
+        cls=pack[:, 0, :],
+        patches=pack[:, 1:, :].reshape(n, gh, gw, c),
+        labels=labels,
+        masks=None,
+    )
