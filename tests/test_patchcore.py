@@ -1,0 +1,281 @@
+"""PatchCore and its coreset: vectorised code vs brute-force loops, scikit-learn, and end-to-end ranking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from sklearn.metrics import pairwise_distances, roc_auc_score
+
+from funad.featureset import FeatureSet
+from funad.methods.base import FitContext
+from funad.methods.coreset import coreset_size, coverage_radius, greedy_coreset, project
+from funad.methods.patchcore import (
+    PatchCore,
+    PatchCoreSettings,
+    aggregate_patches,
+    embed_patches,
+    pool_channels,
+    reweight_factors,
+)
+
+CTX = FitContext(seed=0, map_size=32)
+
+
+# ----------------------------------------------------------------------------- helpers
+def make_fs(x: np.ndarray, labels: np.ndarray, masks: bool = False) -> FeatureSet:
+    """FeatureSet over float16 patches made read-only, as the on-disk memmaps are."""
+    n, _, _, c = x.shape
+    patches = x.astype(np.float16)
+    patches.flags.writeable = False
+    return FeatureSet(
+        image_ids=[f"img{i}" for i in range(n)],
+        cls=np.zeros((n, c), np.float16),
+        patches=patches,
+        labels=np.asarray(labels, np.int8),
+        masks=np.zeros((n, 32, 32), bool) if masks else None,
+    )
+
+
+def synthetic(seed: int = 0, g: int = 8, c: int = 16, n_train: int = 30, n_anom: int = 10, n_inject: int = 0):
+    """Normal patches ~ N(0, I); anomalous images carry a 3x3 blob shifted in a random direction.
+
+    Returns (train, test, test_labels). Injected training images are near-duplicates of the first
+    `n_inject` test anomalies (the contaminated-pool setting).
+    """
+    rng = np.random.default_rng(seed)
+    test = rng.standard_normal((10 + n_anom, g, g, c)).astype(np.float32)
+    for j in range(n_anom):
+        r, q = rng.integers(0, g - 2, size=2)
+        test[10 + j, r : r + 3, q : q + 3] += 1.5 * rng.standard_normal(c).astype(np.float32)
+    labels = np.r_[np.zeros(10), np.ones(n_anom)].astype(np.int8)
+    train = rng.standard_normal((n_train, g, g, c)).astype(np.float32)
+    inj = test[10 : 10 + n_inject] + 0.05 * rng.standard_normal((n_inject, g, g, c)).astype(np.float32)
+    train = np.concatenate([train, inj])
+    train_labels = np.r_[np.zeros(n_train), np.ones(n_inject)]
+    return make_fs(train, train_labels), make_fs(test, labels, masks=True), labels
+
+
+def brute_greedy(x: np.ndarray, first: int, n_select: int) -> list[int]:
+    """Exhaustive k-center greedy: every step recomputes all point-to-selected distances in loops."""
+    selected = [first]
+    while len(selected) < n_select:
+        best, best_d = -1, -1.0
+        for i in range(len(x)):
+            if i in selected:
+                continue
+            d = min(float(np.sqrt(((x[i] - x[j]) ** 2).sum())) for j in selected)
+            if d > best_d:
+                best, best_d = i, d
+        selected.append(best)
+    return selected
+
+
+def manifold(seed: int, n: int = 300, dim: int = 32) -> torch.Tensor:
+    """Points near a 3-d subspace plus a few small far clusters: coverage needs the rare points."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    x = z @ torch.randn(3, dim, generator=g, dtype=torch.float64) + 0.05 * torch.randn(
+        n, dim, generator=g, dtype=torch.float64
+    )
+    for j in range(4):
+        x[j * 5 : j * 5 + 5] += 8.0 * torch.randn(dim, generator=g, dtype=torch.float64)
+    return x
+
+
+# ----------------------------------------------------------------------------- coreset
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_greedy_matches_exhaustive(seed: int) -> None:
+    x = torch.randn(60, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    got = greedy_coreset(x, 15, projection=0, seed=seed).tolist()
+    assert got == brute_greedy(x.numpy(), got[0], 15)
+    assert len(set(got)) == 15
+
+
+def test_first_point_is_seeded() -> None:
+    x = torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
+    firsts = {int(greedy_coreset(x, 3, projection=0, seed=s)[0]) for s in range(8)}
+    assert len(firsts) > 1
+    assert torch.equal(greedy_coreset(x, 20, seed=5), greedy_coreset(x, 20, seed=5))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_projected_greedy_coverage(seed: int) -> None:
+    x = manifold(seed)
+    exact = coverage_radius(x, greedy_coreset(x, 30, projection=0, seed=seed))
+    approx = coverage_radius(x, greedy_coreset(x, 30, projection=8, seed=seed))
+    rand = coverage_radius(x, torch.randperm(300, generator=torch.Generator().manual_seed(seed))[:30])
+    assert approx <= 1.5 * exact
+    assert approx < rand
+
+
+def test_coreset_handles_duplicates_and_sizes() -> None:
+    x = torch.zeros(10, 3)
+    x[0] = 1.0
+    sel = greedy_coreset(x, 10, projection=0, seed=0)
+    assert sorted(sel.tolist()) == list(range(10))
+    assert coreset_size(5, 0.01) == 1
+    assert coreset_size(100, 0.1) == 10
+    assert coreset_size(3, 1.0) == 3
+
+
+def test_projection_preserves_distances_roughly() -> None:
+    x = torch.randn(50, 256, generator=torch.Generator().manual_seed(0))
+    p = project(x, 128, seed=3)
+    assert p.shape == (50, 128)
+    ratio = torch.pdist(p) / torch.pdist(x)
+    assert 0.7 < float(ratio.min()) and float(ratio.max()) < 1.3
+    assert project(x, 0, seed=3) is x and project(x, 512, seed=3) is x
+
+
+# ----------------------------------------------------------------------------- features
+def test_aggregation_matches_loop_mean() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 4, 3)).astype(np.float32)
+    got = aggregate_patches(torch.from_numpy(x), 3).numpy()
+    want = np.zeros_like(x)
+    for n in range(2):
+        for i in range(5):
+            for j in range(4):
+                nb = [
+                    x[n, a, b]
+                    for a in range(i - 1, i + 2)
+                    for b in range(j - 1, j + 2)
+                    if 0 <= a < 5 and 0 <= b < 4
+                ]
+                want[n, i, j] = np.mean(nb, axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert aggregate_patches(torch.from_numpy(x), 1) is not None
+
+
+def test_channel_pooling_matches_adaptive_bins() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((7, 10)).astype(np.float32)
+    got = pool_channels(torch.from_numpy(x), 4).numpy()
+    want = np.stack(
+        [x[:, (i * 10) // 4 : -((-(i + 1) * 10) // 4)].mean(1) for i in range(4)], axis=1
+    )  # bin i = [floor(iC/D), ceil((i+1)C/D))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert pool_channels(torch.from_numpy(x), None).shape == (7, 10)
+    assert pool_channels(torch.from_numpy(x), 32).shape == (7, 10)
+
+
+def test_embed_reads_memmap_without_writing(tmp_path) -> None:
+    path = tmp_path / "p.npy"
+    arr = np.random.default_rng(0).standard_normal((3, 4, 4, 6)).astype(np.float16)
+    np.save(path, arr)
+    mm = np.load(path, mmap_mode="r")
+    out = embed_patches(mm, 3, 4, chunk_images=2)
+    want = pool_channels(aggregate_patches(torch.from_numpy(arr.astype(np.float32)), 3), 4)
+    torch.testing.assert_close(out, want)
+    np.testing.assert_array_equal(np.load(path), arr)
+
+
+# ----------------------------------------------------------------------------- scoring
+def test_reweight_formula_direct() -> None:
+    d_star = torch.tensor([1.0, 2.0, 50.0], dtype=torch.float64)
+    d_sup = torch.tensor([[1.0, 1.5, 3.0], [2.0, 2.0, 2.0], [50.0, 700.0, 800.0]], dtype=torch.float64)
+    got = reweight_factors(d_star, d_sup).numpy()
+    want = [1 - np.exp(1.0) / (np.exp(1.0) + np.exp(1.5) + np.exp(3.0)), 1 - 1 / 3, 1.0]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert np.isfinite(got).all()
+
+
+def test_scores_match_brute_force() -> None:
+    """Patch distances, maps' grid and the reweighted image score vs a direct numpy computation."""
+    train, test, _ = synthetic(seed=3, g=5, c=6, n_train=6, n_anom=2)
+    m = PatchCore(settings=PatchCoreSettings(coreset_ratio=0.3, embed_dim=4))
+    m.fit(train, CTX)
+    out = m.score(test, CTX)
+    bank = m.bank.double().numpy()
+    feats = embed_patches(test.patches, 3, 4).double().numpy()
+    for i in range(test.n):
+        f = feats[i].reshape(-1, 4)
+        d = pairwise_distances(f, bank)
+        patch = d.min(1)
+        t = int(np.argmax(patch))
+        m_star = int(np.argmin(d[t]))
+        to_mstar = np.linalg.norm(bank - bank[m_star], axis=1)
+        to_mstar[m_star] = -1.0  # m* is its own first support member
+        support = np.argsort(to_mstar, kind="stable")[:3]
+        ds = np.array([np.linalg.norm(f[t] - bank[j]) for j in support])
+        w = 1.0 - np.exp(ds[0]) / np.exp(ds).sum()
+        assert out.image[i] == pytest.approx(w * patch[t], rel=1e-3)
+    assert out.maps.shape == (test.n, 32, 32) and out.maps.dtype == np.float32
+
+
+def test_faiss_backend_agrees() -> None:
+    pytest.importorskip("faiss")
+    train, test, _ = synthetic(seed=1, g=6, c=8, n_train=8, n_anom=2)
+    a = PatchCore(settings=PatchCoreSettings(knn_backend="torch"))
+    b = PatchCore(settings=PatchCoreSettings(knn_backend="faiss"))
+    a.fit(train, CTX)
+    b.fit(train, CTX)
+    np.testing.assert_allclose(a.score(test, CTX).image, b.score(test, CTX).image, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_clean_pool_ranks_anomalies_first() -> None:
+    train, test, labels = synthetic(seed=0)
+    m = PatchCore(settings=PatchCoreSettings())
+    m.fit(train, CTX)
+    out = m.score(test, CTX)
+    assert roc_auc_score(labels, out.image) > 0.9
+    assert m.diagnostics["bank_injected_frac"] == 0.0
+    assert m.diagnostics["bank_size"] == coreset_size(30 * 64, 0.1)
+    assert set(m.diagnostics) == set(PatchCore.diagnostic_names)
+    assert m.history == [{"epoch": 0, "iteration": 0, **{f"diag_{k}": v for k, v in m.diagnostics.items()}}]
+
+
+def test_contaminated_pool_puts_injected_patches_in_bank() -> None:
+    train, test, labels = synthetic(seed=0, n_inject=6)
+    m = PatchCore(settings=PatchCoreSettings())
+    m.fit(train, CTX)
+    assert m.diagnostics["bank_injected_frac"] > 6 / 36  # greedy coverage favours the rare patches
+    assert roc_auc_score(labels, m.score(test, CTX).image) < 0.9
+
+
+def test_same_seed_same_scores_and_reweight_switch() -> None:
+    train, test, _ = synthetic(seed=2, n_train=12, n_anom=4)
+    runs = []
+    for _ in range(2):
+        m = PatchCore(settings=PatchCoreSettings(coreset_ratio=0.05))
+        m.fit(train, FitContext(seed=7, map_size=32))
+        runs.append(m.score(test, FitContext(seed=7, map_size=32)))
+    np.testing.assert_array_equal(runs[0].image, runs[1].image)
+    np.testing.assert_array_equal(runs[0].maps, runs[1].maps)
+    plain = PatchCore(settings=PatchCoreSettings(coreset_ratio=0.05, reweight=False))
+    plain.fit(train, FitContext(seed=7, map_size=32))
+    raw = plain.score(test, FitContext(seed=7, map_size=32))
+    assert np.all(runs[0].image <= raw.image + 1e-6)  # weights lie in (0, 1]
+    assert np.all(runs[0].image > 0)
+
+
+def test_tiny_grid_tiny_pool_and_image_level_data() -> None:
+    rng = np.random.default_rng(0)
+    one = make_fs(rng.standard_normal((1, 2, 2, 5)), np.zeros(1))
+    m = PatchCore(settings=PatchCoreSettings(coreset_ratio=0.01))
+    m.fit(one, CTX)
+    assert m.bank.shape == (1, 5)
+    test = make_fs(rng.standard_normal((3, 2, 2, 5)), np.zeros(3))  # masks None: image-level data
+    out = m.score(test, CTX)
+    assert out.image.shape == (3,) and np.isfinite(out.image).all() and out.maps.shape == (3, 32, 32)
+    two = PatchCore(settings=PatchCoreSettings(coreset_ratio=0.5, aggregation_kernel=1, embed_dim=None))
+    two.fit(make_fs(rng.standard_normal((2, 1, 1, 3)), np.zeros(2)), CTX)
+    assert two.bank.shape == (1, 3)
+    out = two.score(make_fs(rng.standard_normal((2, 1, 1, 3)), np.zeros(2)), CTX)
+    assert np.isfinite(out.image).all() and out.maps.shape == (2, 32, 32)
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValidationError):
+        PatchCoreSettings(unknown=1)
+    with pytest.raises(ValidationError):
+        PatchCoreSettings(aggregation_kernel=2)
+    with pytest.raises(ValidationError):
+        PatchCoreSettings(coreset_ratio=0.0)
+    with pytest.raises(ValidationError):
+        PatchCoreSettings(knn_backend="annoy")
+    with pytest.raises(RuntimeError):
+        PatchCore(settings=PatchCoreSettings()).score(synthetic(n_train=2, n_anom=1)[1], CTX)
