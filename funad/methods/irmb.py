@@ -1,0 +1,377 @@
+"""FUN-AD's pseudo-labelling primitives (IRMB: the iteratively reconstructed memory bank), vectorised.
+
+Every function here is a pure tensor function (no Python loops over patches) so that the training
+loop in `funad.methods.funad` stays a short sequence of calls and each step can be tested against
+a brute-force loop. See /work/shared/spec/funad-method.md, section 3.
+
+Nearest-neighbour searches (bank search, mutual pairs) run in two stages:
+1. an approximate, chunked matmul ranking (||b||^2 - 2 q.b on mean-centred vectors, in the
+   configured precision: fp32, tf32 or bf16; or faiss) that keeps `rerank` candidates per query;
+2. the candidates' squared distances recomputed exactly in fp32 from differences, then ordered by
+   (distance, index).
+Stage 2 makes an exact self-match exactly 0 (so the eps0 rule cannot be broken by matmul rounding,
+which in bf16 is far above eps0 = 0.01), makes ties break by the smallest index whatever the
+GEMM's summation order, and makes the torch and faiss backends agree. The result is exact whenever
+the true neighbours are among the `rerank` approximate candidates (always in practice for fp32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from funad.methods.localnet import LocalNet
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+# ---- precision --------------------------------------------------------------------------
+@contextlib.contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """fp32 matmuls at full precision ("highest") or TF32 ("high") inside the block, restored after.
+
+    bf16 is handled by casting the operands (see `search_dtype`), so it runs fp32 matmuls as "highest".
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def search_dtype(precision: str) -> torch.dtype:
+    """Operand dtype of the pool-scoring and search matmuls."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+# ---- pool scoring ------------------------------------------------------------------------
+@torch.no_grad()
+def score_pool(
+    net: LocalNet,
+    cls: torch.Tensor,
+    patches: torch.Tensor,
+    *,
+    chunk: int = 16,
+    precision: str = "fp32",
+    z_out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One no-grad pass over images: (image score = max patch probability [N] fp32, z [N, P, D]).
+
+    cls [N, C], patches [N, P, C] (any float dtype, e.g. fp16 on the device). z is written into
+    `z_out` when given (a buffer reused across iterations), so the bank and the batch queries are
+    gathered from this one pass, never recomputed. In bf16 mode z is stored in bf16.
+    """
+    n, p, c = patches.shape
+    dt = search_dtype(precision)
+    if z_out is None:
+        z_out = torch.empty((n, p, 2 * c), dtype=dt, device=patches.device)
+    scores = torch.empty(n, dtype=torch.float32, device=patches.device)
+    auto = (
+        torch.autocast(device_type=patches.device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    with matmul_precision(precision), auto:
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            z = net.adapt_split(cls[s:e].float(), patches[s:e].float())
+            logits = net.head_logits(z)
+            scores[s:e] = torch.sigmoid(logits.float()).amax(dim=1)
+            z_out[s:e] = z
+    return scores, z_out
+
+
+def minmax(x: torch.Tensor) -> torch.Tensor:
+    """(x - min) / (max - min) over all elements; all zeros when max == min (no division by 0)."""
+    x = x.float()
+    lo, hi = x.min(), x.max()
+    span = hi - lo
+    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
+
+
+def select_candidates(image_scores: torch.Tensor, eta: float) -> torch.Tensor:
+    """Candidate normal images: min-max normalised pool score < eta -> bool [N]."""
+    return minmax(image_scores) < eta
+
+
+def draw_bank_images(candidates: torch.Tensor, keep_ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """R: floor(keep_ratio*|C|) candidates uniformly without replacement (>= 1; r >= 1 keeps all).
+
+    Returns the sorted image indices [|R|] (int64). Uniform: random keys for every image, non-candidates
+    pushed to +inf, the |R| smallest kept. Consumes N uniforms from `generator` whatever |C| is.
+    """
+    n_cand = int(candidates.sum().item())
+    if n_cand == 0:
+        raise ValueError("draw_bank_images: no candidate images (eta must be > 0)")
+    n_keep = n_cand if keep_ratio >= 1 else max(1, int(keep_ratio * n_cand))
+    keys = torch.rand(candidates.shape[0], generator=generator, device=generator.device)
+    keys = keys.to(candidates.device).masked_fill(~candidates, float("inf"))
+    chosen = torch.topk(keys, n_keep, largest=False, sorted=False).indices
+    return torch.sort(chosen).values
+
+
+# ---- nearest-neighbour search ------------------------------------------------------------
+def _approx_candidates_torch(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    kq: int,
+    *,
+    chunk: int,
+    precision: str,
+    self_search: bool,
+    query_owner: torch.Tensor | None,
+    bank_owner: torch.Tensor | None,
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Chunked matmul search yielding (start, end, approx key [q, kq], idx [q, kq]); masked = inf.
+
+    The key is the squared distance minus ||q||^2 (same ranking); only stage 2 gives distances.
+    """
+    dt = search_dtype(precision)
+    mu = bank.float().mean(0)
+    b = (bank.float() - mu).to(dt)
+    bn = b.float().pow(2).sum(1)
+    with matmul_precision(precision):
+        for s in range(0, query.shape[0], chunk):
+            e = min(query.shape[0], s + chunk)
+            q = (query[s:e].float() - mu).to(dt)
+            # ||q||^2 is constant per row, so ranking needs only ||b||^2 - 2 q.b (one fused GEMM in fp32)
+            if dt == torch.float32:
+                d = torch.addmm(bn[None, :], q, b.T, beta=1.0, alpha=-2.0)
+            else:
+                d = (q @ b.T).float().mul_(-2.0).add_(bn[None, :])
+            if self_search:
+                d[:, s:e].diagonal().fill_(float("inf"))
+            if query_owner is not None and bank_owner is not None:
+                d.masked_fill_(query_owner[s:e, None] == bank_owner[None, :], float("inf"))
+            vals, idx = torch.topk(d, kq, dim=1, largest=False, sorted=False)
+            yield s, e, vals, idx
+
+
+def _approx_candidates_faiss(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    kq: int,
+    *,
+    chunk: int,
+    self_search: bool,
+    query_owner: torch.Tensor | None,
+    bank_owner: torch.Tensor | None,
+    extra: int,
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """faiss flat search asking for `extra` more neighbours, then masking self / own-image hits."""
+    from funad.knn import knn
+
+    k_ask = min(bank.shape[0], kq + extra)
+    # one faiss call (it blocks internally; re-adding the bank per chunk would copy it each time)
+    all_vals, all_idx = knn(query.float(), bank.float(), k=k_ask, backend="faiss")
+    for s in range(0, query.shape[0], chunk):
+        e = min(query.shape[0], s + chunk)
+        vals, idx = all_vals[s:e].float().clone(), all_idx[s:e].long()
+        bad = idx < 0
+        if self_search:
+            bad |= idx == torch.arange(s, e, device=idx.device)[:, None]
+        if query_owner is not None and bank_owner is not None:
+            bad |= bank_owner[idx.clamp(min=0)] == query_owner[s:e, None]
+        vals.masked_fill_(bad, float("inf"))
+        idx = idx.clamp(min=0)
+        vals, pos = torch.topk(vals, min(kq, k_ask), dim=1, largest=False, sorted=False)
+        yield s, e, vals, idx.gather(1, pos)
+
+
+def nearest(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    k: int,
+    *,
+    rerank: int = 8,
+    chunk: int = 2048,
+    precision: str = "fp32",
+    backend: str = "torch",
+    self_search: bool = False,
+    query_owner: torch.Tensor | None = None,
+    bank_owner: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k nearest bank rows of every query row: (sqdist [Q, k] fp32 ascending, index [Q, k] int64).
+
+    Distances are exact fp32 differences (see module doc); ties are ordered by the smallest index.
+    self_search: query IS the bank, and row i never matches itself (by index; duplicates still
+    match). query_owner/bank_owner: rows with equal owner ids never match (own-image exclusion).
+    Missing neighbours (fewer eligible rows than k) have distance +inf and index -1.
+    """
+    if query.ndim != 2 or bank.ndim != 2 or query.shape[1] != bank.shape[1]:
+        raise ValueError(f"nearest: shapes do not fit: query {tuple(query.shape)}, bank {tuple(bank.shape)}")
+    if k < 1 or rerank < k:
+        raise ValueError(f"nearest: need 1 <= k <= rerank, got k={k}, rerank={rerank}")
+    n_q, n_b = query.shape[0], bank.shape[0]
+    out_d = torch.full((n_q, k), float("inf"), dtype=torch.float32, device=query.device)
+    out_i = torch.full((n_q, k), -1, dtype=torch.int64, device=query.device)
+    kq = min(rerank, n_b)
+    if n_q == 0 or kq == 0:
+        return out_d, out_i
+    if backend == "auto":
+        backend = "torch"
+    if backend == "torch":
+        stream = _approx_candidates_torch(
+            query,
+            bank,
+            kq,
+            chunk=chunk,
+            precision=precision,
+            self_search=self_search,
+            query_owner=query_owner,
+            bank_owner=bank_owner,
+        )
+    elif backend == "faiss":
+        extra = int(self_search)
+        if query_owner is not None and bank_owner is not None:
+            extra += int(torch.bincount(bank_owner).max().item())
+        stream = _approx_candidates_faiss(
+            query,
+            bank,
+            kq,
+            chunk=chunk,
+            self_search=self_search,
+            query_owner=query_owner,
+            bank_owner=bank_owner,
+            extra=extra,
+        )
+    else:
+        raise ValueError(f"nearest: unknown backend {backend!r}; use auto, torch or faiss")
+    kk = min(k, kq)
+    for s, e, approx, idx in stream:
+        # order candidates by index so that a stable sort on distance breaks ties by smallest index
+        idx, order = torch.sort(idx, dim=1)
+        masked = torch.isinf(approx.gather(1, order))
+        cand = bank[idx].float()  # [q, kq, D]
+        exact = (query[s:e].float()[:, None, :] - cand).pow_(2).sum(-1)
+        exact.masked_fill_(masked, float("inf"))
+        exact, pos = torch.sort(exact, dim=1, stable=True)
+        idx = idx.gather(1, pos)
+        dist = exact[:, :kk]
+        out_d[s:e, :kk] = dist
+        out_i[s:e, :kk] = torch.where(torch.isinf(dist), -1, idx[:, :kk])
+    return out_d, out_i
+
+
+# ---- distances -> pseudo-labels ------------------------------------------------------------
+def skip_self_distance(sqdist: torch.Tensor, eps0: float) -> torch.Tensor:
+    """Spec step 4: zero distances < eps0, then d = the first nonzero of δ1..δk (0 if none).
+
+    For k = 2 this is `d = δ1 if δ1 > 0 else δ2`: an exact self-match (the batch image is in the
+    bank) is skipped. Missing neighbours (+inf, bank smaller than k) count as 0.
+    """
+    d = torch.where(torch.isinf(sqdist) | (sqdist < eps0), 0.0, sqdist)
+    nonzero = d > 0
+    first = nonzero.to(torch.int8).argmax(dim=1, keepdim=True)  # first True (0 if none)
+    return torch.where(nonzero.any(dim=1), d.gather(1, first)[:, 0], 0.0)
+
+
+def own_excluded_distance(sqdist: torch.Tensor) -> torch.Tensor:
+    """exclude_own_image: d = δ1 over the other images' patches (no eps0 rule; +inf -> 0)."""
+    d1 = sqdist[:, 0]
+    return torch.where(torch.isinf(d1), 0.0, d1)
+
+
+def pseudo_labels(
+    d: torch.Tensor, tau_n: float, tau_c: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch min-max d -> d̃; labels y = d̃ > tau_n (bool); uncertain band tau_n < d̃ < tau_c (bool)."""
+    dn = minmax(d)
+    y = dn > tau_n
+    band = y & (dn < tau_c)
+    return y, band, dn
+
+
+def noise_sigma(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel sigma [D]: max over grid positions of the unbiased across-batch std.
+
+    x: raw descriptors [B, P, D] of the batch. With a single image (B = 1) the unbiased std is
+    undefined; we return zeros (no noise).
+    """
+    if x.shape[0] < 2:
+        return torch.zeros(x.shape[-1], dtype=torch.float32, device=x.device)
+    return torch.std(x.float(), dim=0, correction=1).amax(dim=0)
+
+
+def add_band_noise(
+    x: torch.Tensor,
+    band: torch.Tensor,
+    sigma: torch.Tensor | float,
+    generator: torch.Generator,
+    *,
+    inplace: bool = False,
+) -> torch.Tensor:
+    """x with N(0, sigma_c^2) noise added to the band rows only (other rows bit-identical).
+
+    x [P, D] raw descriptors, band [P] bool, sigma [D] or a scalar. A new tensor unless `inplace`
+    (the training loop noises its own freshly built input buffer, saving a copy).
+    """
+    out = x if inplace else x.clone()
+    rows = torch.nonzero(band, as_tuple=True)[0]
+    if rows.numel() > 0:
+        noise = torch.randn((rows.numel(), x.shape[1]), generator=generator, device=generator.device)
+        out[rows] += noise.to(x.device, x.dtype) * sigma
+    return out
+
+
+def mutual_pairs(
+    z: torch.Tensor, *, rerank: int = 8, chunk: int = 2048, precision: str = "fp32", backend: str = "torch"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mutually nearest pairs among the rows of z [P, D]: (u [M], v [M]) with u < v.
+
+    NN(u) = the nearest OTHER row (ties -> smallest index); keep (u, NN(u)) when NN(NN(u)) = u, once.
+    Row-chunked search (never a P x P matrix at once) followed by the vectorised mutual check.
+    """
+    n = z.shape[0]
+    empty = torch.empty(0, dtype=torch.int64, device=z.device)
+    if n < 2:
+        return empty, empty
+    _, idx = nearest(
+        z,
+        z,
+        1,
+        rerank=min(rerank, n - 1),
+        chunk=chunk,
+        precision=precision,
+        backend=backend,
+        self_search=True,
+    )
+    nn_ = idx[:, 0]
+    u = torch.arange(n, device=z.device)
+    ok = nn_ >= 0
+    safe = nn_.clamp(min=0)
+    keep = ok & (safe[safe] == u) & (u < safe)
+    return u[keep], safe[keep]
+
+
+# ---- losses -------------------------------------------------------------------------------
+def balanced_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """-mean_{y=1} log p - mean_{y=0} log(1-p), p = sigmoid(logits); an empty class term is dropped.
+
+    Written with log-sigmoid of the logits: the same value as log(Sigmoid(.)) without saturating.
+    """
+    pos = y.bool()
+    neg = ~pos
+    lp = F.logsigmoid(logits)
+    ln = F.logsigmoid(-logits)
+    n_pos = pos.sum().clamp(min=1)
+    n_neg = neg.sum().clamp(min=1)
+    return -(lp * pos).sum() / n_pos - (ln * neg).sum() / n_neg
+
+
+def mutual_smoothness(p_u: torch.Tensor, p_v: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """L_MS = 0.5 * mean |p_u - p_v| ("l1") or 0.5 * mean (p_u - p_v)^2 ("l2"); 0 without pairs."""
+    if p_u.numel() == 0:
+        return p_u.new_zeros(())
+    diff = p_u - p_v
+    if kind == "l1":
+        return 0.5 * diff.abs().mean()
+    if kind == "l2":
+        return 0.5 * diff.pow(2).mean()
+    raise ValueError(f"mutual_smoothness: unknown kind {kind!r}; use l1 or l2")
