@@ -387,6 +387,8 @@ def training_plots(history: pd.DataFrame, cells: pd.DataFrame, max_cells: int = 
     )
     for method, mh in h.groupby("method", sort=True):
         present = [c for c in cols if mh[c].notna().any()]
+        if not present:  # e.g. a one-epoch run whose curves are all null: nothing to draw
+            continue
         ncols = min(3, len(present))
         nrows = (len(present) + ncols - 1) // ncols
         fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=present, vertical_spacing=0.16)

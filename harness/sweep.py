@@ -1,0 +1,453 @@
+"""`python -m harness.sweep SPEC.yaml`: validate, plan, extract features once, run every cell on Ray Tune.
+
+Resuming is by the run directory, not by Tune's state: a cell whose results/<cell_id>.parquet says
+`ok` is skipped, everything else (failed, missing, new cells of a grown spec) runs. Nothing touches
+Ray until the spec is valid and there is work to do, so mistakes cost no cluster time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from harness.raycluster import ClusterError, check_storage, is_uri, ray_session, resolve_address
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+N_EXAMPLES = 3
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__.splitlines()[0])
+    p.add_argument("spec", help="sweep file (YAML)")
+    p.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto, ray://host:10001)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; start nothing")
+    p.add_argument("--fresh", action="store_true", help="start a new run directory <name>-<UTC time>")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one setting (dotted path, value parsed as YAML); repeatable",
+    )
+    p.add_argument("--no-report", action="store_true", help="do not build report.html at the end")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not forward Ray workers' logs here")
+    return p.parse_args(argv)
+
+
+def err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def out(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------------------- planning
+@dataclass
+class Plan:
+    """The sweep as decided before Ray starts: which cells exist, which still have to run."""
+
+    spec: Any
+    cells: list[Any]
+    run_dir: str
+    run_name: str
+    feature_cache: str
+    todo: list[Any] = field(default_factory=list)
+    skipped: int = 0
+
+
+def _storage_root(storage: str) -> str:
+    """A local storage path becomes absolute (Tune needs it); a URI stays as given."""
+    if is_uri(storage):
+        return storage.rstrip("/")
+    return str(Path(storage).expanduser().resolve())
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts]) if is_uri(root) else str(Path(root, *parts))
+
+
+def make_plan(spec: Any, cells: list[Any], *, fresh: bool) -> Plan:
+    """Decide the run directory and the feature cache of this invocation (no I/O)."""
+    root = _storage_root(str(getattr(spec, "storage", "runs") or "runs"))
+    name = str(spec.name)
+    if fresh:
+        name = f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    run_dir = _join(root, name)
+    cache = getattr(spec, "feature_cache", None)
+    if cache:
+        feature_cache = _storage_root(str(cache))
+    elif is_uri(run_dir):
+        # Memory-mapped features need a filesystem: fall back to each node's own cache.
+        from funad.paths import feature_cache as default_cache
+
+        feature_cache = str(default_cache())
+    else:
+        feature_cache = _join(run_dir, "features")
+    return Plan(spec=spec, cells=cells, run_dir=run_dir, run_name=name, feature_cache=feature_cache)
+
+
+def _jobs_for(cells: list[Any]) -> list[Any]:
+    from harness.cells import feature_jobs
+
+    return list(feature_jobs(cells))
+
+
+def print_dry_run(plan: Plan) -> None:
+    """The plan a user checks before spending cluster time: counts, feature jobs, example cells."""
+    from harness.features_stage import to_tasks
+
+    cells = plan.cells
+    by_method = Counter(c.config.method for c in cells)
+    tasks = to_tasks(_jobs_for(cells))
+    out(f"sweep {plan.spec.name}: {len(cells)} cells ({', '.join(f'{m} {n}' for m, n in by_method.items())})")
+    out(f"run directory: {plan.run_dir}")
+    if not is_uri(plan.run_dir):  # reading results/ starts nothing and creates nothing
+        ok = sum(1 for st in read_statuses(plan.run_dir, [c.cell_id for c in cells]).values() if st == "ok")
+        out(f"already ok there: {ok}; to run: {len(cells) - ok}")
+    out(f"feature cache: {plan.feature_cache}")
+    out(f"feature jobs: {len(tasks)}")
+    for t in tasks[:10]:
+        out(f"  {t.label}")
+    if len(tasks) > 10:
+        out(f"  ... {len(tasks) - 10} more")
+    out("example cells:")
+    # spread over the grid (first, middle, last), so different categories/methods show up
+    picks = sorted({round(i * (len(cells) - 1) / max(1, N_EXAMPLES - 1)) for i in range(N_EXAMPLES)})
+    for c in [cells[i] for i in picks if cells]:
+        cfg = c.config
+        ratio = cfg.ratio if cfg.count is None else f"count={cfg.count}"
+        out(
+            f"  {c.cell_id}  {cfg.dataset.get('kind')}/{cfg.category} {cfg.method} "
+            f"ratio={ratio} seed={cfg.seed} hp={json.dumps(c.hp, sort_keys=True, default=str)}"
+        )
+    out("dry run: nothing started")
+
+
+# ------------------------------------------------------------------------------------------ results
+def read_statuses(run_dir: str, cell_ids: Sequence[str]) -> dict[str, str]:
+    """cell_id -> status ('ok' | 'failed') from results/, the source of truth; absent = not run."""
+    from harness.store import RunStore
+
+    wanted = set(cell_ids)
+    return {cid: st for cid, st in RunStore(Path(run_dir), methods={}).statuses().items() if cid in wanted}
+
+
+def previous_attempts(run_dir: str, cells: Sequence[Any]) -> dict[str, int]:
+    """cell_id -> attempts already recorded by failed rows of earlier invocations."""
+    import pyarrow.parquet as pq
+
+    out: dict[str, int] = {}
+    for cell in cells:
+        path = Path(_join(run_dir, "results", f"{cell.cell_id}.parquet"))
+        if not path.is_file():
+            continue
+        try:
+            row = pq.read_table(path, columns=["status", "attempt"]).to_pylist()
+        except Exception:  # unreadable: treat as never tried
+            continue
+        if row and row[0].get("status") != "ok" and row[0].get("attempt"):
+            out[cell.cell_id] = int(row[0]["attempt"])
+    return out
+
+
+@dataclass
+class Summary:
+    total: int
+    ok: int
+    failed: int
+    missing: int
+    skipped: int
+
+    @property
+    def complete(self) -> bool:
+        return self.ok == self.total
+
+
+def summarize(plan: Plan) -> Summary:
+    ids = [c.cell_id for c in plan.cells]
+    statuses = read_statuses(plan.run_dir, ids)
+    counts = Counter(statuses.values())
+    ok = counts.get("ok", 0)
+    failed = sum(n for s, n in counts.items() if s != "ok")
+    return Summary(len(ids), ok, failed, len(ids) - ok - failed, plan.skipped)
+
+
+def print_summary(plan: Plan, s: Summary, *, dashboard: str | None, report: str | None) -> None:
+    out("")
+    out(f"sweep {plan.run_name}: {s.total} cells: {s.ok} ok ({s.skipped} already ok before this run), "
+        f"{s.failed} failed, {s.missing} not run")
+    out(f"run directory: {plan.run_dir}")
+    if dashboard:
+        out(f"ray dashboard: {dashboard}")
+    if report:
+        out(f"report: {report}")
+
+
+def resume_command(args: argparse.Namespace, plan: Plan) -> str:
+    """The exact command that continues this run directory (also after --fresh)."""
+    parts = [sys.executable, "-m", "harness.sweep", args.spec]
+    if args.address:
+        parts += ["--address", args.address]
+    for o in args.overrides:
+        parts += ["--set", o]
+    if args.fresh:
+        parts += ["--set", f"name={plan.run_name}"]
+    if args.no_report:
+        parts.append("--no-report")
+    return shlex.join(parts)
+
+
+def build_report(plan: Plan) -> str | None:
+    """Build report.html with the reports package (its build_report, else its CLI main).
+
+    The results are already safe on disk, so a missing or failing reports package only warns.
+    """
+    try:
+        from reports import build
+    except ImportError as exc:
+        err(f"warning: report not built (reports.build unavailable: {exc}); "
+            f"build it later with: python -m reports.build {plan.run_dir}")
+        return None
+    try:
+        if hasattr(build, "build_report"):
+            return str(build.build_report(Path(plan.run_dir)))
+        rc = build.main([plan.run_dir])
+    except SystemExit as exc:  # a CLI main may exit
+        rc = exc.code
+    except Exception as exc:
+        err(f"warning: report not built: {type(exc).__name__}: {exc}")
+        return None
+    if rc not in (0, None):
+        err(f"warning: reports.build exited with {rc}")
+        return None
+    return _join(plan.run_dir, "report.html")
+
+
+# --------------------------------------------------------------------------------------------- ray
+def backfill_failures(plan: Plan, result_grid: Any, cells: dict[str, Any], counter: Any) -> None:
+    """Trials Tune saw die without a row (worker killed, OOM) get a failed row from the driver."""
+    import ray
+
+    from harness import store as store_mod
+
+    statuses = read_statuses(plan.run_dir, list(cells))
+    store = store_mod.RunStore(Path(plan.run_dir), methods=_methods(plan.spec))
+    for i in range(len(result_grid)):
+        res = result_grid[i]
+        cid = (res.config or {}).get("cell_id")
+        if res.error is None or cid not in cells or cid in statuses:
+            continue
+        try:
+            attempt = int(ray.get(counter.get.remote(cid), timeout=10)) or 1
+        except Exception:  # the counter is bookkeeping only
+            attempt = 1
+        now = datetime.now(UTC)
+        row = store_mod.build_failed_row(
+            run=plan.run_name, cell=cells[cid], error=f"{type(res.error).__name__}: {res.error}",
+            attempt=attempt, started_at=now, finished_at=now, wall_s=None, node="unknown",
+            peak_rss_mb=None, peak_gpu_mb=None,
+        )
+        row["peak_rss_mb"] = None  # the driver's own memory says nothing about the dead trial
+        store.write_failed(row)
+
+
+def _data_cache(spec: Any) -> str | None:
+    """The spec's data_cache as an absolute path (trials and tasks run elsewhere), or None."""
+    value = getattr(spec, "data_cache", None)
+    return str(Path(value).expanduser().resolve()) if value else None
+
+
+def _methods(spec: Any) -> dict[str, Any]:
+    """The resolved methods mapping, which fixes the run's Parquet schemas."""
+    return dict(spec.resolved().get("methods") or {})
+
+
+def progress_callback(total: int, cells: dict[str, Any]) -> Any:
+    """One line per finished, failed or retried cell: readable for 1000+ cells, unlike Tune's tables."""
+    from ray import tune
+
+    def label(trial: Any) -> str:
+        cid = trial.config.get("cell_id", trial.trial_id)
+        cell = cells.get(cid)
+        if cell is None:
+            return str(cid)
+        cfg = cell.config
+        hp = " ".join(f"{k}={v}" for k, v in sorted(cell.hp.items()))
+        where = f"{cfg.dataset.get('kind')}/{cfg.category}"
+        return f"{cid} {where} {cfg.method} ratio={cfg.ratio} seed={cfg.seed} {hp}".rstrip()
+
+    class Progress(tune.Callback):
+        def __init__(self) -> None:
+            self.finished = 0
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.finished += 1
+            result = trial.last_result or {}
+            auroc = result.get("image_auroc")
+            score = f" image_auroc={auroc:.3f}" if isinstance(auroc, int | float) else ""
+            out(f"[{self.finished}/{total}] ok     {label(trial)}{score}")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.finished += 1
+            cid = trial.config.get("cell_id")
+            out(f"[{self.finished}/{total}] FAILED {label(trial)} (error: results/{cid}.parquet)")
+
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            out(f"  retrying {label(trial)}")
+
+    return Progress()
+
+
+def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tuple[bool, str | None]:
+    """Features stage then Tune; returns (interrupted, dashboard url). Ray is always shut down."""
+    from ray import tune
+
+    from harness.features_stage import run_stage
+    from harness.trial import TrialContext, cell_trainable, start_counter, trial_name
+
+    spec = plan.spec
+    res = spec.resources
+    cpu, gpu = float(getattr(res, "cpu", 1) or 0), float(getattr(res, "gpu", 0) or 0)
+    # Trials stay in the working directory they are given (see trial.enter_workdir); Tune passes
+    # this variable on to every trial, on every node.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    with ray_session(spec, address, quiet=args.quiet) as handle:
+        if handle.dashboard_url:
+            out(f"ray dashboard: {handle.dashboard_url}")
+        out(f"ray: {'local' if handle.started_local else address} "
+            f"({handle.num_cpus:g} CPU, {handle.num_gpus:g} GPU)")
+        try:
+            stage = run_stage(
+                _jobs_for(plan.todo), plan.feature_cache, cluster_gpus=handle.num_gpus, want_gpu=gpu > 0,
+                cpus_per_task=max(1.0, cpu), data_cache=_data_cache(spec), log=out,
+            )
+            out(f"features: {stage.forwards} backbone forwards in {stage.wall_s:.1f}s")
+            counter_name = f"funad-attempts-{uuid.uuid4().hex[:8]}"
+            counter = start_counter(counter_name, previous_attempts(plan.run_dir, plan.todo))
+            ctx = TrialContext(
+                run_name=plan.run_name, run_dir=plan.run_dir, feature_cache=plan.feature_cache,
+                methods=_methods(spec), cpus=max(cpu, 1.0),
+                data_cache=_data_cache(spec), counter_name=counter_name, workdir=os.getcwd(),
+            )
+            cells = {c.cell_id: c for c in plan.todo}
+            trainable = tune.with_resources(
+                tune.with_parameters(cell_trainable, cells=cells, ctx=ctx), {"cpu": cpu, "gpu": gpu}
+            )
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"cell_id": tune.grid_search(sorted(cells))},
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=getattr(spec, "max_concurrent", None),
+                    trial_name_creator=trial_name,
+                    trial_dirname_creator=trial_name,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"tune-{stamp}",
+                    storage_path=_join(plan.run_dir, "tune"),
+                    failure_config=tune.FailureConfig(max_failures=int(getattr(spec, "max_failures", 1))),
+                    verbose=0,  # our one-line progress below; Tune's tables are unreadable at scale
+                    callbacks=[progress_callback(len(cells), cells)],
+                ),
+            )
+            # Trials cut short by Ctrl-C have no Tune results; the Parquet files say what is missing.
+            logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+            result_grid = tuner.fit()
+            backfill_failures(plan, result_grid, cells, counter)
+        except KeyboardInterrupt:
+            return True, handle.dashboard_url
+    statuses = read_statuses(plan.run_dir, [c.cell_id for c in plan.todo])
+    return len(statuses) < len(plan.todo), handle.dashboard_url
+
+
+# -------------------------------------------------------------------------------------------- main
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (a scheduler or Kubernetes stopping the driver) takes the Ctrl-C path, so the Ray we
+    started is shut down and the resume command printed instead of leaving Ray processes behind."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from harness.cells import expand_cells
+    from harness.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(Path(args.spec), overrides=tuple(args.overrides))
+        cells = list(expand_cells(spec, data_cache=_data_cache(spec)))
+    except SpecError as exc:
+        for problem in exc.problems:
+            err(f"error: {problem}")
+        return EXIT_USAGE
+    except (ValueError, OSError) as exc:  # e.g. DatasetError naming a path while listing categories
+        err(f"error: {args.spec}: {exc}")
+        return EXIT_USAGE
+    plan = make_plan(spec, cells, fresh=args.fresh)
+    if args.dry_run:
+        print_dry_run(plan)
+        return EXIT_OK
+
+    address = resolve_address(args.address, spec)
+    try:
+        check_storage(address, plan.run_dir, spec)
+        if is_uri(plan.run_dir):
+            raise ClusterError(
+                f"storage {plan.run_dir!r} is a URI, but the run directory's Parquet store writes to a "
+                "filesystem: mount the bucket on every node (EFS/NFS, gcsfuse, mountpoint-s3) and use "
+                "its path with `storage_shared: true`."
+            )
+    except ClusterError as exc:
+        err(f"error: {args.spec}: {exc}")
+        return EXIT_USAGE
+
+    from harness.store import RunStore
+
+    store = RunStore(Path(plan.run_dir), methods=_methods(spec))
+    store.write_spec(spec.resolved())
+    done = set(store.ok_cell_ids())
+    plan.todo = [c for c in cells if c.cell_id not in done]
+    plan.skipped = len(cells) - len(plan.todo)
+    out(f"sweep {plan.run_name}: {len(cells)} cells, {plan.skipped} already ok, {len(plan.todo)} to run")
+
+    t0 = time.perf_counter()
+    interrupted, dashboard = False, None
+    _sigterm_as_interrupt()
+    if plan.todo:
+        try:
+            interrupted, dashboard = run_on_ray(plan, args, address)
+        except KeyboardInterrupt:
+            interrupted = True
+    summary = summarize(plan)
+    report = None
+    existing = Path(_join(plan.run_dir, "report.html"))
+    if not interrupted and getattr(spec, "report", True) and not args.no_report:
+        # A no-op rerun keeps the report it already has (nothing in results/ changed).
+        report = build_report(plan) if plan.todo or not existing.is_file() else str(existing)
+    print_summary(plan, summary, dashboard=dashboard, report=report)
+    out(f"wall time: {time.perf_counter() - t0:.1f}s")
+    if interrupted:
+        out("sweep INCOMPLETE (interrupted). Resume with:")
+        out(f"  {resume_command(args, plan)}")
+        return EXIT_INTERRUPTED
+    return EXIT_OK if summary.complete else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The sweep CLI before Ray: validation, dry runs and the storage rule start no Ray process at all."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from conftest_data import build_mvtec
+
+REPO = Path(__file__).resolve().parent.parent
+RAY_DAEMONS = ("raylet", "gcs_server")
+
+
+def ray_daemons() -> set[int]:
+    """PIDs of Ray daemons on this machine (other tests' clusters included: compare before/after)."""
+    pids = set()
+    for p in psutil.process_iter(["name"]):
+        if (p.info.get("name") or "") in RAY_DAEMONS:
+            pids.add(p.pid)
+    return pids
+
+
+def write_spec(tmp_path: Path, **changes: object) -> Path:
+    """A tiny valid sweep: a 2-category MVTec-layout tree, a small CPU backbone, patchcore."""
+    root = build_mvtec(tmp_path / "mvtec", n_train=4, n_good=2)
+    spec: dict[str, object] = {
+        "name": "t",
+        "storage": str(tmp_path / "runs"),
+        "ray": {"dashboard": False, "num_cpus": 2},
+        "resources": {"cpu": 1, "gpu": 0},
+        "max_failures": 0,
+        "datasets": [{"kind": "mvtec", "root": str(root), "categories": "all"}],
+        "backbone": {"name": "tf_efficientnet_lite0", "weights": "bundled", "resize": 64, "crop": 64},
+        "contamination": {"ratios": [0.0], "overlap": False, "shortfall": "cap"},
+        "seeds": [0, 1],
+        "methods": {"patchcore": {"coreset_ratio": [0.5, 1.0]}},
+        "report": False,
+    }
+    spec.update(changes)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "harness.sweep", *args],
+        cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_dry_run_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import ray
+
+    from harness.sweep import main
+
+    spec = write_spec(tmp_path)
+    before = ray_daemons()
+    assert main([str(spec), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    # 2 categories x 2 coreset ratios x 2 seeds
+    assert "8 cells" in text
+    assert "feature jobs: 2" in text and "mvtec/bottle/tf_efficientnet_lite0" in text
+    assert "example cells:" in text and "coreset_ratio" in text
+    assert ray.is_initialized() is False
+    assert ray_daemons() - before == set()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_override_changes_the_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.sweep import main
+
+    spec = write_spec(tmp_path)
+    overrides = ["--set", "seeds=[0]", "--set", "methods.patchcore.coreset_ratio=0.5"]
+    assert main([str(spec), "--dry-run", *overrides]) == 0
+    assert "2 cells" in capsys.readouterr().out
+
+
+def test_bad_spec_exits_2_before_ray(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, contamination={"ratios": [1.5]}, bogus_key=1)
+    before = ray_daemons()
+    res = run_cli(str(spec))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "bogus_key" in res.stderr
+    assert "ratios" in res.stderr
+    assert "error:" in res.stderr
+    assert ray_daemons() - before == set()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_env_var_exits_2(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, datasets=[{"kind": "mvtec", "root": "${FUNAD_SURELY_UNSET_ROOT}"}])
+    env = {k: v for k, v in os.environ.items() if k != "FUNAD_SURELY_UNSET_ROOT"}
+    res = subprocess.run(
+        [sys.executable, "-m", "harness.sweep", str(spec), "--dry-run"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 2
+    assert "FUNAD_SURELY_UNSET_ROOT" in res.stderr
+
+
+def test_local_storage_with_cluster_is_refused(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    before = ray_daemons()
+    res = run_cli(str(spec), "--address", "127.0.0.1:1", env={"FUNAD_STORAGE_SHARED": "0"})
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "storage_shared" in res.stderr and "s3://" in res.stderr
+    assert ray_daemons() - before == set()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_address_precedence_and_storage_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from harness.raycluster import ClusterError, check_storage, is_uri, resolve_address
+
+    spec = SimpleNamespace(ray=SimpleNamespace(address="spec:6379"), storage_shared=False)
+    monkeypatch.setenv("RAY_ADDRESS", "env:6379")
+    assert resolve_address("cli:6379", spec) == "cli:6379"
+    assert resolve_address(None, spec) == "spec:6379"
+    spec.ray.address = None
+    assert resolve_address(None, spec) == "env:6379"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert resolve_address(None, spec) is None
+
+    assert is_uri("s3://b/runs") and is_uri("gs://b/r") and not is_uri("/mnt/efs/runs")
+    assert not is_uri("file:///tmp/x")
+    monkeypatch.delenv("FUNAD_STORAGE_SHARED", raising=False)
+    check_storage(None, "/tmp/runs", spec)  # local Ray: any path
+    check_storage("auto", "s3://bucket/runs", spec)
+    with pytest.raises(ClusterError, match="storage_shared"):
+        check_storage("auto", "/tmp/runs", spec)
+    spec.storage_shared = True
+    check_storage("auto", "/tmp/runs", spec)
+    spec.storage_shared = False
+    monkeypatch.setenv("FUNAD_STORAGE_SHARED", "1")
+    check_storage("auto", "/tmp/runs", spec)
+
+
+def test_resume_command_names_the_fresh_run(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from harness.sweep import parse_args, resume_command
+
+    args = parse_args(["s.yaml", "--fresh", "--set", "seeds=[0]", "--address", "auto"])
+    cmd = resume_command(args, SimpleNamespace(run_name="t-20260101T000000Z"))
+    assert "--fresh" not in cmd
+    assert "--set 'seeds=[0]'" in cmd and "--set name=t-20260101T000000Z" in cmd and "--address auto" in cmd
+
+
+def test_feature_jobs_are_deduplicated() -> None:
+    from harness.cells import FeatureJob
+    from harness.features_stage import to_tasks
+
+    a = FeatureJob({"kind": "mvtec", "root": "/d"}, "bottle", {"name": "x"})
+    b = FeatureJob({"kind": "mvtec", "root": "/d"}, "wood", {"name": "x"})
+    tasks = to_tasks([a, b, a, ({"kind": "mvtec", "root": "/d"}, "bottle", {"name": "x"})])
+    assert [t.category for t in tasks] == ["bottle", "wood"]
+    assert tasks[0].label == "mvtec/bottle/x"
