@@ -276,3 +276,83 @@ def test_score_pool_matches_per_image_loop(precision: str) -> None:
             x = torch.cat([cls[i].float().expand(6, 4), pat[i].float()], 1)
             torch.testing.assert_close(z[i].float(), net.adapt(x), rtol=tol, atol=tol)
             assert scores[i].item() == pytest.approx(net(x).max().item(), abs=tol)
+
+
+# ---- fused bank + pair search (one symmetric pass) ----------------------------------------
+def _brute_knn(q: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
+    d = np.array([sorted(_sqdist64(row, b) for b in bank) for row in q])
+    out = np.full((q.shape[0], k), np.inf)
+    m = min(k, d.shape[1])
+    out[:, :m] = d[:, :m]
+    return out
+
+
+@pytest.mark.parametrize("chunk", [5, 16, 4096])
+@pytest.mark.parametrize("with_extra", [False, True])
+def test_batch_search_matches_nearest_and_brute_pairs(chunk: int, with_extra: bool) -> None:
+    """Bank distances = brute force over {members} + extra; pairs = brute force; ties included."""
+    z = _features_with_ties(seed=11)  # 70 rows with duplicates and exact ties
+    rng = np.random.default_rng(12)
+    member = rng.random(70) < 0.4
+    member[[10, 20, 40]] = True  # duplicates inside the bank: their distance to each other is 0
+    extra = rng.normal(size=(23, z.shape[1])).astype(np.float32) if with_extra else None
+    bank = z[member] if extra is None else np.concatenate([z[member], extra])
+    dist, u, v = irmb.batch_search(
+        torch.from_numpy(z),
+        torch.from_numpy(member),
+        None if extra is None else torch.from_numpy(extra),
+        2,
+        chunk=chunk,
+    )
+    np.testing.assert_allclose(dist.numpy(), _brute_knn(z, bank, 2), rtol=1e-5, atol=1e-6)
+    want_d, _ = irmb.nearest(torch.from_numpy(z), torch.from_numpy(bank), 2)
+    np.testing.assert_allclose(dist.numpy(), want_d.numpy(), rtol=1e-6, atol=0)
+    assert set(zip(u.tolist(), v.tolist(), strict=True)) == _brute_pairs(z)
+
+
+def test_batch_search_labels_equal_reference_path() -> None:
+    """Through the eps0 rule: fused distances give the same d as nearest() on the gathered bank."""
+    z = _images(13, 6, 12, 5, scale=2.0) + 7.0
+    chosen = np.array([1, 2, 4])
+    batch = np.array([4, 0, 2, 5])
+    query = torch.from_numpy(z[batch].reshape(-1, 5))
+    member = torch.from_numpy(np.repeat(np.isin(batch, chosen), 12))
+    extra = torch.from_numpy(z[[1]].reshape(-1, 5))  # chosen but not in the batch
+    for precision in ("fp32", "bf16"):
+        dist, _, _ = irmb.batch_search(query, member, extra, 2, chunk=7, precision=precision)
+        ref, _ = irmb.nearest(query, torch.from_numpy(z[chosen].reshape(-1, 5)), 2, precision=precision)
+        torch.testing.assert_close(irmb.skip_self_distance(dist, 0.01), irmb.skip_self_distance(ref, 0.01))
+
+
+def test_batch_search_bank_smaller_than_k() -> None:
+    z = torch.randn(6, 3)
+    member = torch.tensor([True, False, False, False, False, False])
+    dist, _, _ = irmb.batch_search(z, member, None, 2, chunk=4)
+    assert dist[0, 0].item() == 0.0 and torch.isinf(dist[0, 1])
+    assert torch.isfinite(dist[1:, 0]).all() and torch.isinf(dist[1:, 1]).all()
+
+
+def test_split_training_forward_matches_full_descriptors() -> None:
+    """The training step's split adaptor (clean rows) and row-wise descriptors (noised rows) give the
+    same logits, gradients and noise sigma as the full [cls ; t] descriptors of the batch."""
+    from funad.methods.funad import _descriptor_rows, _descriptor_sigma, _descriptors
+
+    g = torch.Generator().manual_seed(3)
+    cls, pat = torch.randn(3, 4, generator=g).half(), torch.randn(3, 5, 4, generator=g).half()
+    x = _descriptors(cls, pat)
+    torch.testing.assert_close(_descriptor_sigma(cls.float(), pat.float()), irmb.noise_sigma(x))
+    rows = torch.tensor([0, 6, 14])
+    torch.testing.assert_close(_descriptor_rows(cls, pat, rows), x.reshape(-1, 8)[rows], rtol=0, atol=0)
+    grads = []
+    for split in (False, True):
+        net = LocalNet(8, torch.Generator().manual_seed(1))
+        if split:
+            z = net.adapt_split(cls.float(), pat.float()).reshape(-1, 8)
+            logits = net.head_logits(z)
+        else:
+            logits = net.logits(x.reshape(-1, 8))
+        logits.sum().backward()
+        grads.append((logits.detach(), [p.grad.clone() for p in net.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads[0][1], grads[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

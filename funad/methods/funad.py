@@ -124,6 +124,20 @@ def _descriptors(cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
     return torch.cat([cls.float()[:, None, :].expand(b, p, c), patches.float()], dim=2)
 
 
+def _descriptor_rows(cls: torch.Tensor, patches: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Raw descriptors [cls ; t] of the flat batch rows `rows` only: [len(rows), 2C] fp32."""
+    n_patch, c = patches.shape[1], patches.shape[2]
+    return torch.cat([cls[rows // n_patch].float(), patches.reshape(-1, c)[rows].float()], dim=1)
+
+
+def _descriptor_sigma(cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """irmb.noise_sigma of the batch descriptors without building them: the CLS half is the same
+    at every grid position, so its max-over-positions std is the std of cls across the batch."""
+    if patches.shape[0] < 2:
+        return torch.zeros(2 * patches.shape[2], dtype=torch.float32, device=patches.device)
+    return torch.cat([irmb.noise_sigma(cls.float()[:, None, :]), irmb.noise_sigma(patches)])
+
+
 def _nanmean(values: list[float]) -> float:
     """Mean of the defined values (NaN = undefined at that iteration); NaN when none is defined."""
     arr = np.asarray(values, dtype=np.float64)
@@ -268,14 +282,18 @@ class FunAD(Method):
         n_patch, dim = patches.shape[1], z_buf.shape[2]
         search = {"rerank": s.rerank, "precision": s.precision, "backend": s.knn_backend}
         # 1-2. pool pass and bank (or reuse of the last bank) -> batch queries in adapted space
-        if it % s.bank_every == 0:
+        rebuilt = it % s.bank_every == 0
+        fused = rebuilt and not s.exclude_own_image and s.knn_backend in ("auto", "torch")
+        if rebuilt:
             scores, _ = irmb.score_pool(
                 net, cls, patches, chunk=s.pool_chunk, precision=s.precision, z_out=z_buf
             )
             cand = irmb.select_candidates(scores, s.eta)
             chosen = irmb.draw_bank_images(cand, s.keep_ratio, gen)
             n_cand = cand.sum()
-            bank_state["bank"] = z_buf[chosen].reshape(-1, dim)
+            bank_state["chosen"] = chosen
+            # a gathered copy of the bank only where a later search needs it on its own
+            bank_state["bank"] = None if fused and s.bank_every == 1 else z_buf[chosen].reshape(-1, dim)
             bank_state["owner"] = chosen.repeat_interleave(n_patch) if s.exclude_own_image else None
             bank_state["diag"] = {
                 "candidates": n_cand.float(),
@@ -287,42 +305,59 @@ class FunAD(Method):
         else:
             _, zq = irmb.score_pool(net, cls[idx], patches[idx], chunk=s.pool_chunk, precision=s.precision)
             query = zq.reshape(-1, dim)
-        # 3. distances to the bank -> batch-relative labels and uncertain band
-        q_owner = idx.repeat_interleave(n_patch) if s.exclude_own_image else None
-        dist, _ = irmb.nearest(
-            query,
-            bank_state["bank"],
-            s.k,
-            chunk=s.knn_chunk,
-            query_owner=q_owner,
-            bank_owner=bank_state["owner"],
-            **search,
-        )
+        # 3-4a. distances to the bank and mutual pairs among the clean adapted batch features
+        if fused:
+            # the bank is current: the batch images drawn into it share the batch x batch GEMM blocks
+            # of the pair search, so one symmetric pass serves both searches
+            chosen = bank_state["chosen"]
+            in_batch = torch.isin(chosen, idx)
+            member = torch.isin(idx, chosen).repeat_interleave(n_patch)
+            extra = z_buf[chosen[~in_batch]].reshape(-1, dim) if bool((~in_batch).any()) else None
+            dist, u, v = irmb.batch_search(
+                query, member, extra, s.k, rerank=s.rerank, chunk=s.pair_chunk, precision=s.precision
+            )
+        else:
+            q_owner = idx.repeat_interleave(n_patch) if s.exclude_own_image else None
+            dist, _ = irmb.nearest(
+                query,
+                bank_state["bank"],
+                s.k,
+                chunk=s.knn_chunk,
+                query_owner=q_owner,
+                bank_owner=bank_state["owner"],
+                **search,
+            )
+            u, v = irmb.mutual_pairs(query, chunk=s.pair_chunk, **search)
         d = irmb.own_excluded_distance(dist) if s.exclude_own_image else irmb.skip_self_distance(dist, s.eps0)
         y, band, _ = irmb.pseudo_labels(d, s.tau_n, s.tau_c)
-        # 4. mutual pairs on the clean adapted features; noise on raw descriptors of the band
-        u, v = irmb.mutual_pairs(query, chunk=s.pair_chunk, **search)
-        x = _descriptors(cls[idx], patches[idx])
-        sigma: torch.Tensor | float = irmb.noise_sigma(x) if s.sigma_mode == "batch_std" else s.sigma
-        x = x.reshape(-1, dim)
-        n_rows = x.shape[0]
+        # 4b. noise on raw descriptors of the band: only the band rows are ever built as [cls ; t]
+        cls_b, pat_b = cls[idx].float(), patches[idx].float()
+        n_rows = pat_b.shape[0] * n_patch
+        sigma: torch.Tensor | float = (
+            _descriptor_sigma(cls_b, pat_b) if s.sigma_mode == "batch_std" else s.sigma
+        )
         if s.noise_aliasing or u.numel() == 0:
             extra = u[:0]
         else:  # clean copies of the band patches that take part in a pair (L_MS sees clean inputs)
-            member = torch.zeros(n_rows, dtype=torch.bool, device=x.device)
+            member = torch.zeros(n_rows, dtype=torch.bool, device=pat_b.device)
             member[u] = True
             member[v] = True
             extra = torch.nonzero(member & band, as_tuple=True)[0]
-        inputs = torch.cat([x, x[extra]]) if extra.numel() else x
-        band_rows = torch.cat([band, band.new_zeros(extra.numel())]) if extra.numel() else band
-        inputs = irmb.add_band_noise(inputs, band_rows, sigma, gen, inplace=True)
-        # 5. losses and one RMSprop step, in full fp32
+        noised = torch.nonzero(band, as_tuple=True)[0]
+        x_noised = irmb.add_band_noise(
+            _descriptor_rows(cls_b, pat_b, noised), torch.ones_like(noised, dtype=torch.bool), sigma, gen,
+            inplace=True,
+        )
+        # 5. losses and one RMSprop step, in full fp32. Clean rows go through the split adaptor
+        # (the CLS half once per image; spec: the same function), noised rows through the full one.
         with irmb.matmul_precision("fp32"):
-            logits_all = net.logits(inputs)
+            z = net.adapt_split(cls_b, pat_b).reshape(n_rows, dim)
+            z_in = z.index_put((noised,), net.adapt(x_noised)) if noised.numel() else z
+            logits_all = net.head_logits(torch.cat([z_in, z[extra]]) if extra.numel() else z_in)
             loss_bce = irmb.balanced_bce(logits_all[:n_rows], y)
             if extra.numel():
-                remap = torch.arange(n_rows, device=x.device)
-                remap[extra] = n_rows + torch.arange(extra.numel(), device=x.device)
+                remap = torch.arange(n_rows, device=z.device)
+                remap[extra] = n_rows + torch.arange(extra.numel(), device=z.device)
                 pu, pv = remap[u], remap[v]
             else:
                 pu, pv = u, v

@@ -5,14 +5,20 @@ loop in `funad.methods.funad` stays a short sequence of calls and each step can 
 a brute-force loop. See /work/shared/spec/funad-method.md, section 3.
 
 Nearest-neighbour searches (bank search, mutual pairs) run in two stages:
-1. an approximate, chunked matmul ranking (||b||^2 - 2 q.b on mean-centred vectors, in the
-   configured precision: fp32, tf32 or bf16; or faiss) that keeps `rerank` candidates per query;
+1. an approximate, chunked matmul ranking (the squared distance of mean-centred vectors as ONE
+   GEMM, the norms riding along as extra columns, in the configured precision: fp32, tf32 or
+   bf16; or faiss) that keeps `rerank` candidates per query;
 2. the candidates' squared distances recomputed exactly in fp32 from differences, then ordered by
    (distance, index).
 Stage 2 makes an exact self-match exactly 0 (so the eps0 rule cannot be broken by matmul rounding,
 which in bf16 is far above eps0 = 0.01), makes ties break by the smallest index whatever the
 GEMM's summation order, and makes the torch and faiss backends agree. The result is exact whenever
 the true neighbours are among the `rerank` approximate candidates (always in practice for fp32).
+
+In the training loop, `batch_search` does the bank search and the pair search in one pass: the
+batch x batch distance matrix is symmetric, so each upper-triangle block is computed once and
+serves its rows and its columns, and the batch images that are also bank images share those
+blocks with the bank search; only the bank images outside the batch need extra blocks.
 """
 
 from __future__ import annotations
@@ -117,6 +123,43 @@ def draw_bank_images(candidates: torch.Tensor, keep_ratio: float, generator: tor
 
 
 # ---- nearest-neighbour search ------------------------------------------------------------
+#: the ranking GEMM's inner width is padded to a multiple of this (AMX/tensor-core tile friendly)
+_ALIGN = 32
+
+
+def _ranking_operands(
+    x: torch.Tensor, mu: torch.Tensor, precision: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, R) with L_i . R_j = ||x_i - mu||^2 + ||x_j - mu||^2 - 2 (x_i - mu).(x_j - mu).
+
+    The squared norms ride along as extra GEMM columns, so ONE matmul gives the full (symmetric)
+    approximate squared distance with no elementwise pass over the big output block. In bf16
+    each norm is split into hi + lo bf16 parts (norm error ~2^-16 instead of 2^-9), and the norms
+    are those of the bf16-rounded vectors, so the key is the distance of the rounded points up to
+    the GEMM's fp32 accumulation and the bf16 output rounding. -2x is exact in both dtypes.
+    """
+    dt = search_dtype(precision)
+    n, dim = x.shape
+    xc = (x.float() - mu).to(dt)
+    nrm = xc.float().pow(2).sum(1)
+    n_extra = 4 if dt == torch.bfloat16 else 2
+    width = -(-(dim + n_extra) // _ALIGN) * _ALIGN
+    left = torch.zeros((n, width), dtype=dt, device=x.device)
+    right = torch.zeros((n, width), dtype=dt, device=x.device)
+    left[:, :dim] = xc
+    right[:, :dim] = xc
+    right[:, :dim].mul_(-2.0)
+    if dt == torch.bfloat16:
+        hi = nrm.to(dt)
+        lo = (nrm - hi.float()).to(dt)
+        left[:, dim], left[:, dim + 1], left[:, dim + 2], left[:, dim + 3] = hi, lo, 1.0, 1.0
+        right[:, dim], right[:, dim + 1], right[:, dim + 2], right[:, dim + 3] = 1.0, 1.0, hi, lo
+    else:
+        left[:, dim], left[:, dim + 1] = nrm, 1.0
+        right[:, dim], right[:, dim + 1] = 1.0, nrm
+    return left, right
+
+
 def _approx_candidates_torch(
     query: torch.Tensor,
     bank: torch.Tensor,
@@ -128,29 +171,23 @@ def _approx_candidates_torch(
     query_owner: torch.Tensor | None,
     bank_owner: torch.Tensor | None,
 ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-    """Chunked matmul search yielding (start, end, approx key [q, kq], idx [q, kq]); masked = inf.
+    """Chunked fused-norm GEMM search yielding (start, end, approx sqdist [q, kq], idx [q, kq]).
 
-    The key is the squared distance minus ||q||^2 (same ranking); only stage 2 gives distances.
+    Masked entries are +inf; only stage 2 gives exact distances.
     """
-    dt = search_dtype(precision)
     mu = bank.float().mean(0)
-    b = (bank.float() - mu).to(dt)
-    bn = b.float().pow(2).sum(1)
+    _, right = _ranking_operands(bank, mu, precision)
     with matmul_precision(precision):
         for s in range(0, query.shape[0], chunk):
             e = min(query.shape[0], s + chunk)
-            q = (query[s:e].float() - mu).to(dt)
-            # ||q||^2 is constant per row, so ranking needs only ||b||^2 - 2 q.b (one fused GEMM in fp32)
-            if dt == torch.float32:
-                d = torch.addmm(bn[None, :], q, b.T, beta=1.0, alpha=-2.0)
-            else:
-                d = (q @ b.T).float().mul_(-2.0).add_(bn[None, :])
+            left, _ = _ranking_operands(query[s:e], mu, precision)
+            d = left @ right.T
             if self_search:
                 d[:, s:e].diagonal().fill_(float("inf"))
             if query_owner is not None and bank_owner is not None:
                 d.masked_fill_(query_owner[s:e, None] == bank_owner[None, :], float("inf"))
             vals, idx = torch.topk(d, kq, dim=1, largest=False, sorted=False)
-            yield s, e, vals, idx
+            yield s, e, vals.float(), idx
 
 
 def _approx_candidates_faiss(
@@ -182,6 +219,33 @@ def _approx_candidates_faiss(
         idx = idx.clamp(min=0)
         vals, pos = torch.topk(vals, min(kq, k_ask), dim=1, largest=False, sorted=False)
         yield s, e, vals, idx.gather(1, pos)
+
+
+#: query rows per slab of the exact re-rank
+_RERANK_ROWS = 64
+
+
+def _exact_rerank(
+    query: torch.Tensor, source: torch.Tensor, approx: torch.Tensor, idx: torch.Tensor, kk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2: exact fp32 squared distances (from differences) of the candidates, k smallest.
+
+    query [q, D], candidates idx [q, kq] into source rows, approx [q, kq] (+inf = not a candidate).
+    Ties are ordered by the smallest index (index sort, then a stable distance sort); missing
+    neighbours come out as (+inf, -1).
+    """
+    idx, order = torch.sort(idx, dim=1)
+    masked = torch.isinf(approx.gather(1, order))
+    exact = torch.empty(idx.shape, dtype=torch.float32, device=idx.device)
+    q32 = query.float()
+    for s in range(0, idx.shape[0], _RERANK_ROWS):  # small slabs: the [rows, kq, D] temp stays in cache
+        e = min(idx.shape[0], s + _RERANK_ROWS)
+        diff = q32[s:e, None, :] - source[idx[s:e]]  # promotes a bf16 source without an fp32 copy
+        exact[s:e] = diff.square_().sum(-1)
+    exact.masked_fill_(masked, float("inf"))
+    exact, pos = torch.sort(exact, dim=1, stable=True)
+    dist = exact[:, :kk]
+    return dist, torch.where(torch.isinf(dist), -1, idx.gather(1, pos)[:, :kk])
 
 
 def nearest(
@@ -245,18 +309,162 @@ def nearest(
         raise ValueError(f"nearest: unknown backend {backend!r}; use auto, torch or faiss")
     kk = min(k, kq)
     for s, e, approx, idx in stream:
-        # order candidates by index so that a stable sort on distance breaks ties by smallest index
-        idx, order = torch.sort(idx, dim=1)
-        masked = torch.isinf(approx.gather(1, order))
-        cand = bank[idx].float()  # [q, kq, D]
-        exact = (query[s:e].float()[:, None, :] - cand).pow_(2).sum(-1)
-        exact.masked_fill_(masked, float("inf"))
-        exact, pos = torch.sort(exact, dim=1, stable=True)
-        idx = idx.gather(1, pos)
-        dist = exact[:, :kk]
-        out_d[s:e, :kk] = dist
-        out_i[s:e, :kk] = torch.where(torch.isinf(dist), -1, idx[:, :kk])
+        out_d[s:e, :kk], out_i[s:e, :kk] = _exact_rerank(query[s:e], bank, approx, idx, kk)
     return out_d, out_i
+
+
+class _RunningTopK:
+    """Per-row k smallest (approx key, column) seen so far, merged block by block.
+
+    A block only touches the rows whose block minimum beats their current k-th key (`kth`): one
+    cheap min-reduction decides, and the top-k (the costly part, above all along dim 0 for the
+    columns of a symmetric block) runs on those rows/columns only.
+    """
+
+    def __init__(self, n: int, k: int, device: torch.device) -> None:
+        self.k = k
+        self.vals = torch.full((n, k), float("inf"), dtype=torch.float32, device=device)
+        self.idx = torch.zeros((n, k), dtype=torch.int64, device=device)
+
+    def improvable(self, s: int, e: int, block_min: torch.Tensor) -> torch.Tensor:
+        """Local indices of rows s..e whose block minimum is below their current k-th key."""
+        return torch.nonzero(block_min.float() < self.vals[s:e].amax(dim=1), as_tuple=True)[0]
+
+    def add(self, rows: torch.Tensor | slice, vals: torch.Tensor, idx: torch.Tensor) -> None:
+        """Merge candidates [n, j] (j <= k) of the given rows (indices, or a slice: no gather)."""
+        v = torch.cat([self.vals[rows], vals.float()], dim=1)
+        i = torch.cat([self.idx[rows], idx], dim=1)
+        best = torch.topk(v, self.k, dim=1, largest=False, sorted=False)
+        self.vals[rows] = best.values
+        self.idx[rows] = i.gather(1, best.indices)
+
+    def merged(self, other: _RunningTopK) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k smallest of the union of two running sets (same rows)."""
+        v = torch.cat([self.vals, other.vals], dim=1)
+        i = torch.cat([self.idx, other.idx], dim=1)
+        best = torch.topk(v, self.k, dim=1, largest=False, sorted=False)
+        return best.values, i.gather(1, best.indices)
+
+
+def _blocks(start: int, end: int, chunk: int, group: int) -> list[tuple[int, int, int]]:
+    return [(s, min(end, s + chunk), group) for s in range(start, end, chunk)]
+
+
+def _symmetric_candidates(
+    left: torch.Tensor,
+    right: torch.Tensor,
+    n_member: int,
+    n_batch: int,
+    kq: int,
+    chunk: int,
+) -> list[_RunningTopK]:
+    """Approximate top-kq of the batch rows against three column groups, self excluded.
+
+    Rows 0..n_member are batch rows that are also bank rows (group 0), n_member..n_batch the other
+    batch rows (group 1), n_batch.. extra bank rows (group 2). The batch x batch key matrix is
+    symmetric, so each upper-triangle block is computed ONCE and serves its rows (top-k along
+    dim 1) and its columns (top-k along dim 0): half the FLOPs of a row-by-row search. Extra bank
+    blocks serve the batch rows only. Returns one running top-k per column group.
+    """
+    dev = left.device
+    tops = [_RunningTopK(n_batch, kq, dev) for _ in range(3)]
+    rows = _blocks(0, n_member, chunk, 0) + _blocks(n_member, n_batch, chunk, 1)
+    extra = _blocks(n_batch, left.shape[0], chunk, 2)
+    for a, (s, e, g) in enumerate(rows):
+        for s2, e2, g2 in rows[a:] + extra:
+            d = left[s:e] @ right[s2:e2].T
+            if s2 == s:
+                d.diagonal().fill_(float("inf"))
+            sel = tops[g2].improvable(s, e, d.amin(dim=1))
+            if sel.numel() == e - s:
+                vals, idx = torch.topk(d, min(kq, e2 - s2), dim=1, largest=False, sorted=False)
+                tops[g2].add(slice(s, e), vals, idx + s2)
+            elif sel.numel():
+                vals, idx = torch.topk(d[sel], min(kq, e2 - s2), dim=1, largest=False, sorted=False)
+                tops[g2].add(sel + s, vals, idx + s2)
+            if g2 == 2 or s2 == s:
+                continue
+            sel = tops[g].improvable(s2, e2, d.amin(dim=0))
+            if sel.numel() == e2 - s2:
+                vals, idx = torch.topk(d, min(kq, e - s), dim=0, largest=False, sorted=False)
+                tops[g].add(slice(s2, e2), vals.T, idx.T + s)
+            elif sel.numel():
+                vals, idx = torch.topk(d[:, sel], min(kq, e - s), dim=0, largest=False, sorted=False)
+                tops[g].add(sel + s2, vals.T, idx.T + s)
+    return tops
+
+
+def batch_search(
+    z: torch.Tensor,
+    member: torch.Tensor | None,
+    extra: torch.Tensor | None,
+    k: int,
+    *,
+    rerank: int = 8,
+    chunk: int = 2048,
+    precision: str = "fp32",
+    pairs: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bank distances AND mutual pairs of the batch rows z [Q, D] from one symmetric GEMM pass.
+
+    The bank is {z[i] : member[i]} plus the rows of `extra` [E, D] (bank rows not in the batch);
+    in FUN-AD the batch images that were drawn into the bank are members, so their search against
+    the bank and the pair search share the batch x batch GEMM blocks (no recomputation).
+    Returns (sqdist [Q, k] fp32 ascending: the k nearest bank rows as `nearest(z, bank, k)` gives
+    them, a member's exact self-match included as 0; u [M]; v [M]: the mutual pairs as
+    `mutual_pairs(z)` gives them). Exact under the same condition as `nearest` (the true
+    neighbours are among the `rerank` approximate candidates). member=None: no batch row in the
+    bank; extra=None: no extra rows; pairs=False skips the pair re-rank (u, v empty).
+    """
+    if k < 1 or rerank < k:
+        raise ValueError(f"batch_search: need 1 <= k <= rerank, got k={k}, rerank={rerank}")
+    n_q, dev = z.shape[0], z.device
+    empty = torch.empty(0, dtype=torch.int64, device=dev)
+    n_e = 0 if extra is None else extra.shape[0]
+    member = torch.zeros(n_q, dtype=torch.bool, device=dev) if member is None else member.bool()
+    n_m = int(member.sum().item())
+    dist = torch.full((n_q, k), float("inf"), dtype=torch.float32, device=dev)
+    if n_q == 0:
+        return dist, empty, empty
+    # members first (a stable permutation), so that every block is in one column group
+    perm = torch.argsort((~member).to(torch.int8), stable=True)
+    source = z if extra is None else torch.cat([z, extra.to(z.dtype)])
+    to_orig = perm if extra is None else torch.cat([perm, torch.arange(n_q, n_q + n_e, device=dev)])
+    mu = source.float().mean(0)
+    with matmul_precision(precision):
+        left, right = _ranking_operands(source[to_orig], mu, precision)
+        tops = _symmetric_candidates(left, right, n_m, n_q, rerank, chunk)
+    del left, right
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(n_q, device=dev)
+
+    def exact(a: _RunningTopK, b: _RunningTopK, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        vals, idx = a.merged(b)
+        vals, idx = vals[inv], to_orig[idx[inv]]  # back to the original row and column order
+        out = [
+            _exact_rerank(z[s : s + chunk], source, vals[s : s + chunk], idx[s : s + chunk], kk)
+            for s in range(0, n_q, chunk)
+        ]
+        return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+    if n_m + n_e > 0:
+        bank_d, _ = exact(tops[0], tops[2], min(k, rerank))
+        # a member's exact self-match (distance 0) was excluded from the search: put it back
+        with_self = torch.cat([torch.zeros_like(bank_d[:, :1]), bank_d], dim=1)[:, : bank_d.shape[1]]
+        dist[:, : bank_d.shape[1]] = torch.where(member[:, None], with_self, bank_d)
+    if not pairs or n_q < 2:
+        return dist, empty, empty
+    _, nn_idx = exact(tops[0], tops[1], 1)
+    return (dist, *_mutual(nn_idx[:, 0]))
+
+
+def _mutual(nn_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs (u, NN(u)) with NN(NN(u)) = u and u < NN(u); NN = -1 means none."""
+    u = torch.arange(nn_.shape[0], device=nn_.device)
+    ok = nn_ >= 0
+    safe = nn_.clamp(min=0)
+    keep = ok & (safe[safe] == u) & (u < safe)
+    return u[keep], safe[keep]
 
 
 # ---- distances -> pseudo-labels ------------------------------------------------------------
@@ -326,12 +534,16 @@ def mutual_pairs(
     """Mutually nearest pairs among the rows of z [P, D]: (u [M], v [M]) with u < v.
 
     NN(u) = the nearest OTHER row (ties -> smallest index); keep (u, NN(u)) when NN(NN(u)) = u, once.
-    Row-chunked search (never a P x P matrix at once) followed by the vectorised mutual check.
+    torch: the symmetric block search of `batch_search` (each block once, never a P x P matrix);
+    faiss: a self-search through `nearest`. Then the vectorised mutual check.
     """
     n = z.shape[0]
     empty = torch.empty(0, dtype=torch.int64, device=z.device)
     if n < 2:
         return empty, empty
+    if backend in ("torch", "auto"):
+        _, u, v = batch_search(z, None, None, 1, rerank=rerank, chunk=chunk, precision=precision)
+        return u, v
     _, idx = nearest(
         z,
         z,
@@ -342,12 +554,7 @@ def mutual_pairs(
         backend=backend,
         self_search=True,
     )
-    nn_ = idx[:, 0]
-    u = torch.arange(n, device=z.device)
-    ok = nn_ >= 0
-    safe = nn_.clamp(min=0)
-    keep = ok & (safe[safe] == u) & (u < safe)
-    return u[keep], safe[keep]
+    return _mutual(idx[:, 0])
 
 
 # ---- losses -------------------------------------------------------------------------------

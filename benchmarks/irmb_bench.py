@@ -1,0 +1,427 @@
+"""FUN-AD training-iteration benchmark: time, FLOP/s relative to a plain matmul, bf16 effect.
+
+The machine is shared and its speed drifts, so every figure that matters is a RATIO measured in the
+same run: achieved FLOP/s of the iteration over the FLOP/s of a plain matmul of the same precision,
+measured right before and right after the iterations (median of repeats). Absolute seconds are
+reported too, but only the ratios compare across runs.
+
+FLOPs are counted from the shapes (`flop_counts`), two ways:
+* nominal: the spec's section-6 formulas (full pair matrix, full bank search, full adaptor);
+* executed: what this implementation actually multiplies (symmetric pair blocks computed once, the
+  bank search only against the bank images outside the batch, the split adaptor in pool scoring).
+Efficiency uses the executed count (that is what the GEMM units did); the nominal count divided by
+the time is reported as `nominal_tflops` so the algorithmic savings show up there.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from funad.methods import create_method, irmb
+from funad.methods.funad import FunAD
+from funad.methods.localnet import HIDDEN, LocalNet
+
+#: the paper's shapes; pool and batch are scaled to the machine by the caller
+PAPER = {"channels": 768, "patches": 784}
+CPU_SHAPES = {"pool": 44, "batch": 32, **PAPER}
+
+
+# ---- FLOP counting -------------------------------------------------------------------------
+def localnet_macs_per_patch(dim: int) -> int:
+    """Multiply-adds of one Local-Net forward for one descriptor (= its weight count w/o biases)."""
+    return dim * dim + dim * HIDDEN[0] + HIDDEN[0] * HIDDEN[1] + HIDDEN[1]
+
+
+def flop_counts(
+    *, pool: int, batch: int, bank_images: int, bank_in_batch: int, patches: int, dim: int, width: int
+) -> dict[str, dict[str, float]]:
+    """FLOPs of one iteration per part, nominal (spec section 6) and executed (this implementation).
+
+    pool/batch/bank_images in images; bank_in_batch = bank images that are also batch images;
+    width = the ranking GEMM's inner width (dim + norm columns, padded; see irmb._ranking_operands).
+    """
+    p = batch * patches  # batch patches
+    b = bank_images * patches
+    n_pool = pool * patches
+    c = dim // 2
+    macs = localnet_macs_per_patch(dim)
+    nominal = {
+        "pool_scoring": 2.0 * n_pool * macs,
+        "bank_search": 2.0 * p * b * dim,
+        "mutual_pairs": 2.0 * p * p * dim,
+        "train_step": 6.0 * p * macs,
+    }
+    # pool scoring: split adaptor (patch half per patch, CLS half once per image) + discriminator
+    pool_exec = 2.0 * n_pool * (c * dim + macs - dim * dim) + 2.0 * pool * c * dim
+    # symmetric pair blocks: the upper triangle incl. the diagonal, with chunking ~ P^2/2 (+ P*chunk/2)
+    executed = {
+        "pool_scoring": pool_exec,
+        "bank_search": 2.0 * p * (bank_images - bank_in_batch) * patches * width,
+        "mutual_pairs": 1.0 * p * p * width,
+        # forward + weight gradients + input gradients of all layers but the first (the raw
+        # descriptors need no gradient); the few duplicated clean rows of L_MS are not counted
+        "train_step": 2.0 * p * (3 * macs - dim * dim),
+    }
+    for table in (nominal, executed):
+        table["total"] = sum(table.values())
+    return {"nominal": nominal, "executed": executed}
+
+
+# ---- plain matmul reference -----------------------------------------------------------------
+def matmul_flops_per_s(
+    dtype: torch.dtype, *, m: int = 4096, k: int = 1536, n: int = 4096, repeats: int = 5
+) -> float:
+    """FLOP/s of a plain [m, k] @ [k, n] matmul in `dtype` (median of repeats, one warm-up)."""
+    a = torch.randn(m, k).to(dtype)
+    b = torch.randn(k, n).to(dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2.0 * m * k * n / statistics.median(times)
+
+
+def matmul_peak(dtype: torch.dtype) -> float:
+    """The faster of two plain matmuls: a square-ish 4096x1536x4096 and the search's block shape.
+
+    Taking the max makes the efficiency ratio strict (AMX bf16 speed depends strongly on shape).
+    """
+    return max(matmul_flops_per_s(dtype), matmul_flops_per_s(dtype, m=2048, k=1568, n=2048))
+
+
+# ---- synthetic but structured features ------------------------------------------------------
+def synthetic_features(
+    n: int, patches: int, channels: int, *, anomalous: float = 0.1, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cls [n, C] fp16, patches [n, P, C] fp16, labels [n] bool) with nearest-neighbour structure.
+
+    Patches are noisy copies of a few shared prototypes (so normal patches have close neighbours in
+    other images, as real textures do); anomalous images get a block of patches from novel
+    prototypes. Pure Gaussian noise would make all distances equal and the labels meaningless.
+    """
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(64, channels, generator=g)
+    novel = torch.randn(16, channels, generator=g) * 1.5
+    which = torch.randint(0, 64, (n, patches), generator=g)
+    x = protos[which] + 0.35 * torch.randn(n, patches, channels, generator=g)
+    labels = torch.rand(n, generator=g) < anomalous
+    n_bad = max(1, patches // 16)
+    for i in torch.nonzero(labels).flatten().tolist():
+        x[i, :n_bad] = novel[torch.randint(0, 16, (n_bad,), generator=g)] + 0.35 * torch.randn(
+            n_bad, channels, generator=g
+        )
+    cls = x.mean(1) + 0.1 * torch.randn(n, channels, generator=g)
+    return cls.half(), x.half(), labels
+
+
+# ---- timing hooks ----------------------------------------------------------------------------
+@contextmanager
+def timed_parts(parts: dict[str, list[float]]) -> Iterator[None]:
+    """Wrap irmb.score_pool and irmb.batch_search with timers (FunAD calls them via the module)."""
+    saved = {name: getattr(irmb, name) for name in ("score_pool", "batch_search")}
+
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            parts.setdefault(name, []).append(time.perf_counter() - t0)
+            return out
+
+        return inner
+
+    try:
+        for name, fn in saved.items():
+            setattr(irmb, name, wrap(name, fn))
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(irmb, name, fn)
+
+
+@dataclass
+class State:
+    """Everything FunAD.fit sets up before its loop, so single iterations can be timed."""
+
+    method: FunAD
+    net: LocalNet
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    cls: torch.Tensor
+    patches: torch.Tensor
+    injected: torch.Tensor
+    z_buf: torch.Tensor
+    bank_state: dict[str, Any]
+    it: int = 0
+
+    def iteration(self, idx: torch.Tensor) -> dict[str, Any]:
+        """One FunAD training iteration (the real code path) on the images idx."""
+        out = self.method._iteration(
+            self.net,
+            self.opt,
+            self.gen,
+            self.cls,
+            self.patches,
+            self.injected,
+            idx,
+            self.z_buf,
+            self.bank_state,
+            self.it,
+        )
+        self.it += 1
+        return out
+
+
+def make_state(
+    cls: torch.Tensor,
+    patches: torch.Tensor,
+    labels: torch.Tensor,
+    precision: str,
+    *,
+    seed: int = 0,
+    net_state: dict[str, torch.Tensor] | None = None,
+    **settings: Any,
+) -> State:
+    """FunAD with the paper's settings and `precision`, weights from seed (or copied from net_state)."""
+    method = create_method("funad", {"precision": precision, **settings})
+    assert isinstance(method, FunAD)
+    s = method.cfg
+    n, n_patch, c = patches.shape
+    net = LocalNet(2 * c, torch.Generator().manual_seed(seed))
+    if net_state is not None:
+        net.load_state_dict(net_state)
+    opt = torch.optim.RMSprop(net.parameters(), lr=s.lr, momentum=s.momentum)
+    z_buf = torch.empty((n, n_patch, 2 * c), dtype=irmb.search_dtype(precision))
+    gen = torch.Generator().manual_seed(seed + 1)
+    return State(method, net, opt, gen, cls, patches, labels, z_buf, {})
+
+
+def _bank_overlap(state: State, idx: torch.Tensor) -> tuple[int, int]:
+    chosen = state.bank_state["chosen"]
+    return int(chosen.numel()), int(torch.isin(chosen, idx).sum())
+
+
+def time_iterations(state: State, batch: int, repeats: int, warmup: int = 1) -> dict[str, Any]:
+    """Median seconds per iteration and per part over `repeats` iterations (after `warmup`)."""
+    n = state.cls.shape[0]
+    perm_gen = torch.Generator().manual_seed(123)
+    totals, parts, shapes = [], {}, []
+    for r in range(warmup + repeats):
+        idx = torch.randperm(n, generator=perm_gen)[:batch]
+        rec: dict[str, list[float]] = {}
+        with timed_parts(rec):
+            t0 = time.perf_counter()
+            state.iteration(idx)
+            dt = time.perf_counter() - t0
+        if r < warmup:
+            continue
+        totals.append(dt)
+        shapes.append(_bank_overlap(state, idx))
+        pool_s = sum(rec.get("score_pool", [0.0]))
+        search_s = sum(rec.get("batch_search", [0.0]))
+        for key, val in (
+            ("pool_scoring", pool_s),
+            ("bank_and_pair_search", search_s),
+            ("train_step", dt - pool_s - search_s),
+        ):
+            parts.setdefault(key, []).append(val)
+    return {
+        "iter_s": statistics.median(totals),
+        "parts_s": {k: statistics.median(v) for k, v in parts.items()},
+        "bank_images": statistics.median([s[0] for s in shapes]),
+        "bank_in_batch": statistics.median([s[1] for s in shapes]),
+    }
+
+
+def label_agreement(
+    cls: torch.Tensor,
+    patches: torch.Tensor,
+    labels: torch.Tensor,
+    net_state: dict[str, torch.Tensor],
+    batch: int,
+    *,
+    seed: int = 7,
+) -> dict[str, float]:
+    """Pseudo-labels and pairs of bf16 vs fp32 from the SAME weights, generator state and batch."""
+    out: dict[str, Any] = {}
+    idx = torch.randperm(cls.shape[0], generator=torch.Generator().manual_seed(seed))[:batch]
+    for precision in ("fp32", "bf16"):
+        st = make_state(cls, patches, labels, precision, net_state=net_state)
+        st.gen.manual_seed(seed)
+        rec: dict[str, Any] = {}
+        orig = irmb.pseudo_labels
+
+        def spy(
+            d: torch.Tensor, tau_n: float, tau_c: float, _rec: dict[str, Any] = rec, _f: Any = orig
+        ) -> Any:
+            res = _f(d, tau_n, tau_c)
+            _rec["y"] = res[0].clone()
+            return res
+
+        orig_search = irmb.batch_search
+
+        def spy_search(*a: Any, _rec: dict[str, Any] = rec, _f: Any = orig_search, **k: Any) -> Any:
+            res = _f(*a, **k)
+            _rec["pairs"] = set(zip(res[1].tolist(), res[2].tolist(), strict=True))
+            return res
+
+        irmb.pseudo_labels, irmb.batch_search = spy, spy_search
+        try:
+            st.iteration(idx)
+        finally:
+            irmb.pseudo_labels, irmb.batch_search = orig, orig_search
+        out[precision] = rec
+    y32, y16 = out["fp32"]["y"], out["bf16"]["y"]
+    p32, p16 = out["fp32"]["pairs"], out["bf16"]["pairs"]
+    return {
+        "bf16_label_agreement": float((y32 == y16).float().mean()),
+        "bf16_pair_jaccard": len(p32 & p16) / max(1, len(p32 | p16)),
+        "fp32_pos_frac": float(y32.float().mean()),
+    }
+
+
+def knn_faiss_vs_torch(
+    query: torch.Tensor, bank: torch.Tensor, k: int = 2, repeats: int = 3
+) -> dict[str, Any]:
+    """Bank search seconds, faiss flat / torch fused GEMM (both + exact re-rank), same shapes."""
+    from funad.knn import faiss_available
+
+    if not faiss_available():
+        return {"ratio": None, "reason": "faiss not installed"}
+    times: dict[str, float] = {}
+    for backend in ("torch", "faiss"):
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            irmb.nearest(query, bank, k, backend=backend)
+            runs.append(time.perf_counter() - t0)
+        times[backend] = statistics.median(runs)
+    return {
+        "ratio": times["faiss"] / times["torch"],
+        "torch_s": times["torch"],
+        "faiss_s": times["faiss"],
+        "query_rows": query.shape[0],
+        "bank_rows": bank.shape[0],
+    }
+
+
+def search_speedup(state: State, batch: int, precision: str, repeats: int = 1) -> dict[str, Any]:
+    """Seconds of the row-by-row searches (nearest on the gathered bank + a self-search for the
+    pairs, the previous hot path) over the fused symmetric batch_search, same inputs and precision;
+    also checks that both give the same distances and pairs."""
+    dim = state.z_buf.shape[2]
+    n_patch = state.z_buf.shape[1]
+    idx = torch.arange(batch)
+    chosen = state.bank_state["chosen"]
+    query = state.z_buf[idx].reshape(-1, dim)
+    member = torch.isin(idx, chosen).repeat_interleave(n_patch)
+    outside = chosen[~torch.isin(chosen, idx)]
+    extra = state.z_buf[outside].reshape(-1, dim) if outside.numel() else None
+    times: dict[str, list[float]] = {"rowwise": [], "fused": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        d_old, _ = irmb.nearest(query, state.z_buf[chosen].reshape(-1, dim), 2, precision=precision)
+        _, nn_ = irmb.nearest(query, query, 1, precision=precision, self_search=True)
+        u_old, v_old = irmb._mutual(nn_[:, 0])
+        times["rowwise"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        d_new, u_new, v_new = irmb.batch_search(query, member, extra, 2, precision=precision)
+        times["fused"].append(time.perf_counter() - t0)
+    old_s, new_s = statistics.median(times["rowwise"]), statistics.median(times["fused"])
+    return {
+        "speedup": old_s / new_s,
+        "rowwise_s": old_s,
+        "fused_s": new_s,
+        "same_pairs": bool(torch.equal(u_old, u_new) and torch.equal(v_old, v_new)),
+        "max_dist_rel_diff": float(((d_old - d_new).abs() / d_old.abs().clamp(min=1e-6)).nan_to_num().max()),
+    }
+
+
+def run_irmb_bench(
+    *,
+    pool: int = 44,
+    batch: int = 32,
+    patches: int = 784,
+    channels: int = 768,
+    repeats: int = 2,
+    knn_repeats: int = 3,
+    seed: int = 0,
+    compare_fp32: bool = False,
+) -> dict[str, Any]:
+    """The irmb_* and knn_* keys of the benchmark JSON (see the module doc)."""
+    threads = torch.get_num_threads()
+    cls, pat, labels = synthetic_features(pool, patches, channels, seed=seed)
+    dim = 2 * channels
+    peaks_before = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    res: dict[str, Any] = {}
+    states: dict[str, State] = {}
+    for precision in ("fp32", "bf16"):
+        st = make_state(cls, pat, labels, precision, seed=seed)
+        res[precision] = time_iterations(st, batch, repeats)
+        states[precision] = st
+    peaks_after = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peak = {k: 0.5 * (peaks_before[k] + peaks_after[k]) for k in peaks_before}
+
+    out: dict[str, Any] = {
+        "torch_threads": threads,
+        "shapes": {"pool": pool, "batch": batch, "patches": patches, "dim": dim},
+    }
+    out["matmul_gflops"] = {k: v / 1e9 for k, v in peak.items()}
+    eff: dict[str, float] = {}
+    for precision, r in res.items():
+        width = irmb._ranking_operands(torch.zeros(1, dim), torch.zeros(dim), precision)[0].shape[1]
+        fl = flop_counts(
+            pool=pool,
+            batch=batch,
+            bank_images=round(r["bank_images"]),
+            bank_in_batch=round(r["bank_in_batch"]),
+            patches=patches,
+            dim=dim,
+            width=width,
+        )
+        ex = fl["executed"]
+        # the training step runs in fp32 in every mode; the rest in the mode's precision
+        fast = peak[precision if precision == "bf16" else "fp32"]
+        ideal_s = (ex["total"] - ex["train_step"]) / fast + ex["train_step"] / peak["fp32"]
+        eff[precision] = ideal_s / r["iter_s"]
+        parts = r["parts_s"]
+        out[f"irmb_iter_s_{precision}"] = r["iter_s"]
+        out[f"irmb_breakdown_{precision}"] = {k: v / r["iter_s"] for k, v in parts.items()}
+        out[f"irmb_detail_{precision}"] = {
+            "parts_s": parts,
+            "flops_executed": ex,
+            "flops_nominal": fl["nominal"],
+            "achieved_tflops": ex["total"] / r["iter_s"] / 1e12,
+            "nominal_tflops": fl["nominal"]["total"] / r["iter_s"] / 1e12,
+            "bank_images": r["bank_images"],
+            "bank_in_batch": r["bank_in_batch"],
+        }
+    out["irmb_gemm_efficiency"] = eff["fp32"]
+    out["irmb_gemm_efficiency_bf16"] = eff["bf16"]
+    out["irmb_breakdown"] = out["irmb_breakdown_fp32"]
+    net_state = {k: v.clone() for k, v in states["fp32"].net.state_dict().items()}
+    out.update(label_agreement(cls, pat, labels, net_state, batch))
+    st = states["fp32"]
+    chosen = st.bank_state["chosen"]
+    bank = st.z_buf[chosen].reshape(-1, dim)
+    query = st.z_buf[:batch].reshape(-1, dim)
+    out["knn_faiss_vs_torch"] = knn_faiss_vs_torch(query, bank, repeats=knn_repeats)
+    # the hot-path change, measured here: bf16 always; fp32 (about a minute more) on request
+    out["search_fused_vs_rowwise"] = {
+        p: search_speedup(states[p], batch, p) for p in (("fp32", "bf16") if compare_fp32 else ("bf16",))
+    }
+    out["targets_met"] = {
+        "iter_fp32_le_15s": out["irmb_iter_s_fp32"] <= 15.0,
+        "iter_bf16_le_6s": out["irmb_iter_s_bf16"] <= 6.0,
+        "agreement_ge_0.99": out["bf16_label_agreement"] >= 0.99,
+        "efficiency_ge_0.5": eff["fp32"] >= 0.5 and eff["bf16"] >= 0.5,
+    }
+    return out
