@@ -29,6 +29,10 @@ ROOTLESS_KINDS = {"synthetic", "oneclass"}
 WEIGHT_KINDS = ("bundled", "hub", "random")
 #: at most this many grid points of one method are validated one by one
 MAX_VALIDATED_POINTS = 4096
+#: a sweep file expands (aliases included) to at most this many YAML nodes: stops "billion laughs"
+MAX_YAML_NODES = 100_000
+#: seeds must fit numpy's and torch's seeding (and Parquet's int64)
+MAX_SEED = 2**32 - 1
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLAIN_TAGS = {
     f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
@@ -180,7 +184,7 @@ class SweepSpec(_Strict):
     datasets: list[DatasetSpec] = Field(min_length=1)
     backbone: BackboneSpec = Field(default_factory=BackboneSpec)
     contamination: ContaminationSpec = Field(default_factory=ContaminationSpec)
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0], min_length=1)
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
     eval_every: int = Field(0, ge=0)
     n_map_examples: int = Field(2, ge=0)
@@ -250,19 +254,82 @@ def _bad_tags(node: yaml.Node, loc: tuple[Any, ...] = ()) -> list[tuple[str, str
     return out
 
 
+def _count_nodes(node: yaml.Node, limit: int) -> int:
+    """Nodes of the document as it would be built, aliases expanded, counting stops past `limit`.
+
+    Aliases make the composed graph a DAG; walking it as a tree (with a cap) measures what
+    validation and error messages would have to touch, so a "billion laughs" file is refused
+    instead of hanging the CLI.
+    """
+    count, stack = 0, [node]
+    while stack and count <= limit:
+        n = stack.pop()
+        count += 1
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                stack += [k, v]
+        elif isinstance(n, yaml.SequenceNode):
+            stack += n.value
+    return count
+
+
+def _duplicate_keys(node: yaml.Node, loc: tuple[Any, ...] = (), seen: set[int] | None = None) -> list[str]:
+    """(key path, line) of every key given twice in one mapping (YAML would silently keep the last)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return []
+    seen.add(id(node))
+    out: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else "?"
+            if isinstance(k, yaml.ScalarNode) and key in keys:
+                out.append(f"{_path_str((*loc, key))}: key given twice (line {k.start_mark.line + 1})")
+            keys.add(key)
+            out += _duplicate_keys(v, (*loc, key), seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out += _duplicate_keys(v, (*loc, i), seen)
+    return out
+
+
+def _yaml_error(src: str, e: yaml.YAMLError) -> str:
+    """One line: where (line, column) and what, instead of PyYAML's multi-line dump."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    return f"{src}: not valid YAML{where}: {problem}" + (f" ({context})" if context else "")
+
+
 def _read_yaml(path: Path) -> Any:
     src = str(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise SpecError([f"{src}: file does not exist"]) from None
+    except IsADirectoryError:
+        raise SpecError([f"{src}: is a directory (allowed: a YAML sweep file)"]) from None
+    except UnicodeDecodeError as e:
+        raise SpecError(
+            [f"{src}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}; allowed: a UTF-8 "
+             "YAML file)"]
+        ) from None
     except OSError as e:
         raise SpecError([f"{src}: cannot read ({e.strerror or e})"]) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
-        raise SpecError([f"{src}: not valid YAML: {e}"]) from None
+        raise SpecError([_yaml_error(src, e)]) from None
+    except RecursionError:
+        raise SpecError([f"{src}: nested too deeply (allowed: a sweep file of ordinary depth)"]) from None
     if node is not None:
+        if _count_nodes(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise SpecError(
+                [f"{src}: expands to more than {MAX_YAML_NODES} YAML values (aliases included) "
+                 "(allowed: a sweep file of ordinary size; avoid nested *aliases)"]
+            )
         bad = _bad_tags(node)
         if bad:
             raise SpecError(
@@ -272,10 +339,15 @@ def _read_yaml(path: Path) -> Any:
                     for key, tag, line in bad
                 ]
             )
+        dups = _duplicate_keys(node)
+        if dups:
+            raise SpecError([f"{src}: {d} (allowed: each key once)" for d in dups])
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:  # pragma: no cover - compose already parsed it
-        raise SpecError([f"{src}: not valid YAML: {e}"]) from None
+        raise SpecError([_yaml_error(src, e)]) from None
+    except RecursionError:
+        raise SpecError([f"{src}: nested too deeply (allowed: a sweep file of ordinary depth)"]) from None
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -439,12 +511,38 @@ def _check_dataset(ds: DatasetSpec, i: int, src: str, check_data: bool) -> list[
     except Exception as e:  # DatasetError and friends: the message names the path
         return [f"{where}: cannot open the dataset: {e}"]
     if ds.categories == "all":
-        return [] if have else [f"{where}.categories: the dataset has no categories"]
-    return [
-        f"{where}.categories: unknown category {c!r} (allowed: {', '.join(have) or '(none)'})"
-        for c in ds.categories
-        if c not in have
-    ]
+        if not have:
+            return [f"{where}.categories: the dataset has no categories"]
+        wanted = list(have)
+    else:
+        unknown = []
+        for c in ds.categories:
+            if c in have:
+                continue
+            folder = Path(ds.root).expanduser() / c if ds.root is not None else None
+            hint = (
+                f"; the folder {folder} exists but is not laid out as a {ds.kind} category"
+                if folder is not None and folder.is_dir()
+                else ""
+            )
+            unknown.append(
+                f"{where}.categories: unknown category {c!r}{hint} (allowed: {', '.join(have) or '(none)'})"
+            )
+        if unknown:
+            return unknown
+        wanted = list(ds.categories)
+    if ds.root is None:
+        return []  # built-in data: listing it would generate it; it is the project's own, not a user's
+    # The user's tree: list every category now (folders, splits, masks and their sizes are checked
+    # from headers only), so a broken tree costs no cluster time. Undecodable image bodies can only
+    # be found by decoding; those end as failed rows.
+    out = []
+    for c in wanted:
+        try:
+            dataset.records(c)
+        except Exception as e:  # DatasetError names the path
+            out.append(f"{where}: category {c!r}: {e}")
+    return out
 
 
 def _check_backbone(bb: BackboneSpec, src: str) -> list[str]:

@@ -595,3 +595,102 @@ class RunStore:
                 return pd.DataFrame()
             return self.result_schema.empty_table().to_pandas()
         return pd.read_parquet(self.results_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# a grown spec: one schema for the whole run, old files rewritten to it
+
+#: the union of every invocation's `methods` (grid values merged): what the run's schemas are built
+#: from, so a rerun that adds or drops a method or a swept setting never loses or mistypes a column
+SCHEMA_METHODS_FILE = "schema_methods.yaml"
+_MISSING = object()
+
+
+def merge_methods(*mappings: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Union of methods mappings: a setting given different values (or swept in any) becomes an axis
+    of all its values, so its hp_* column and type cover every file of the run."""
+    from harness.cells import is_axis, list_valued_settings
+
+    values: dict[str, dict[str, list[Any]]] = {}
+    axis: dict[tuple[str, str], bool] = {}
+    for mapping in mappings:
+        for name, settings in (mapping or {}).items():
+            lv = list_valued_settings(name)
+            cur = values.setdefault(name, {})
+            for key, value in (settings or {}).items():
+                swept = is_axis(name, key, value, lv)
+                vals = list(value) if swept else [value]
+                seen = {_json(v) for v in cur.get(key, [])}
+                cur.setdefault(key, []).extend(v for v in vals if _json(v) not in seen)
+                axis[(name, key)] = axis.get((name, key), False) or swept
+    out: dict[str, dict[str, Any]] = {}
+    for name, settings in values.items():
+        out[name] = {
+            k: (list(vs) if axis[(name, k)] or len(vs) > 1 else vs[0]) for k, vs in settings.items()
+        }
+    return out
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns: missing ones null, present ones cast."""
+    cols = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            cols.append(col if col.type == f.type else col.cast(f.type))
+        else:
+            cols.append(pa.nulls(table.num_rows, type=f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def unify_run_schema(run_dir: str | os.PathLike[str], methods: Mapping[str, Any], log: Any = None) -> dict:
+    """Before a (re)run: merge this invocation's methods into the run's schema methods and rewrite
+    every results/ and history/ file whose schema differs (each atomically: temp + rename).
+
+    Returns the merged methods, which every writer of this invocation must use. Safe to interrupt:
+    the schema file is updated last, so a killed migration is simply redone on the next start.
+    """
+    run_dir = Path(run_dir)
+    schema_file = run_dir / SCHEMA_METHODS_FILE
+    previous: Mapping[str, Any] | None = None
+    if schema_file.is_file():
+        previous = yaml.safe_load(schema_file.read_text()) or {}
+    elif (run_dir / "sweep.yaml").is_file():  # a run from before this file existed
+        previous = (yaml.safe_load((run_dir / "sweep.yaml").read_text()) or {}).get("methods") or {}
+    merged = merge_methods(previous, methods)
+    has_files = any(
+        (run_dir / t).is_dir() and any((run_dir / t).glob("*.parquet")) for t in ("results", "history")
+    )
+    if schema_file.is_file() and previous == merged:
+        return merged
+    if has_files:
+        targets = {"results": result_schema(merged), "history": history_schema(merged)}
+        rewritten, dropped = 0, set()
+        for table_name, schema in targets.items():
+            folder = run_dir / table_name
+            if not folder.is_dir():
+                continue
+            for p in sorted(folder.glob("*.parquet")):
+                if _is_temp(p):
+                    continue
+                try:
+                    have = pq.read_schema(p).remove_metadata()
+                except Exception:  # unreadable: the resume logic treats it as missing
+                    continue
+                if have.equals(schema):
+                    continue
+                table = pq.read_table(p)
+                dropped |= set(table.column_names) - set(schema.names)
+                new = _conform(table, schema)
+                _atomic_write(p, lambda tmp, new=new: pq.write_table(new, tmp))
+                rewritten += 1
+        if log and rewritten:
+            log(f"schema: the run's columns changed; rewrote {rewritten} results/history file(s) "
+                "to one schema")
+        if log and dropped:
+            log("warning: schema: columns no method of this run declares were dropped: "
+                + ", ".join(sorted(dropped)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(merged, sort_keys=True, default_flow_style=False)
+    _atomic_write(schema_file, lambda tmp: tmp.write_text(text))
+    return merged

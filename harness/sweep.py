@@ -65,6 +65,8 @@ class Plan:
     feature_cache: str
     todo: list[Any] = field(default_factory=list)
     skipped: int = 0
+    #: the run's schema methods (this spec's merged with earlier invocations'); set before Ray starts
+    methods: dict[str, Any] | None = None
 
 
 def _storage_root(storage: str) -> str:
@@ -243,7 +245,7 @@ def backfill_failures(plan: Plan, result_grid: Any, cells: dict[str, Any], count
     from harness import store as store_mod
 
     statuses = read_statuses(plan.run_dir, list(cells))
-    store = store_mod.RunStore(Path(plan.run_dir), methods=_methods(plan.spec))
+    store = store_mod.RunStore(Path(plan.run_dir), methods=_plan_methods(plan))
     for i in range(len(result_grid)):
         res = result_grid[i]
         cid = (res.config or {}).get("cell_id")
@@ -270,8 +272,13 @@ def _data_cache(spec: Any) -> str | None:
 
 
 def _methods(spec: Any) -> dict[str, Any]:
-    """The resolved methods mapping, which fixes the run's Parquet schemas."""
+    """The resolved methods mapping of this spec."""
     return dict(spec.resolved().get("methods") or {})
+
+
+def _plan_methods(plan: Plan) -> dict[str, Any]:
+    """The methods that fix the run's Parquet schemas (see store.unify_run_schema)."""
+    return dict(plan.methods) if plan.methods is not None else _methods(plan.spec)
 
 
 def progress_callback(total: int, cells: dict[str, Any]) -> Any:
@@ -310,6 +317,25 @@ def progress_callback(total: int, cells: dict[str, Any]) -> Any:
     return Progress()
 
 
+class OneLineTrialErrors(logging.Filter):
+    """Tune logs every failed trial attempt with its full traceback; the cell's row already keeps the
+    error (and its traceback), so the console gets one line: the trial, the exception type, message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        info = record.exc_info
+        if info and info[1] is not None:
+            exc = info[1]
+            cause = getattr(exc, "cause", None)  # RayTaskError wraps the trial's own exception
+            exc = cause if isinstance(cause, BaseException) else exc
+            text = str(exc).strip().splitlines()
+            line = next((t for t in text if t.strip() and not t.startswith("ray::")), "")
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {line}".rstrip(": ")
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tuple[bool, str | None]:
     """Features stage then Tune; returns (interrupted, dashboard url). Ray is always shut down."""
     from ray import tune
@@ -338,7 +364,7 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tup
             counter = start_counter(counter_name, previous_attempts(plan.run_dir, plan.todo))
             ctx = TrialContext(
                 run_name=plan.run_name, run_dir=plan.run_dir, feature_cache=plan.feature_cache,
-                methods=_methods(spec), cpus=max(cpu, 1.0),
+                methods=_plan_methods(plan), cpus=max(cpu, 1.0),
                 data_cache=_data_cache(spec), counter_name=counter_name, workdir=os.getcwd(),
             )
             cells = {c.cell_id: c for c in plan.todo}
@@ -364,6 +390,9 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tup
             )
             # Trials cut short by Ctrl-C have no Tune results; the Parquet files say what is missing.
             logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+            controller_log = logging.getLogger("ray.tune.execution.tune_controller")
+            if not any(isinstance(f, OneLineTrialErrors) for f in controller_log.filters):
+                controller_log.addFilter(OneLineTrialErrors())
             result_grid = tuner.fit()
             backfill_failures(plan, result_grid, cells, counter)
         except KeyboardInterrupt:
@@ -417,10 +446,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         err(f"error: {args.spec}: {exc}")
         return EXIT_USAGE
 
-    from harness.store import RunStore
+    from harness.store import RunStore, unify_run_schema
 
-    store = RunStore(Path(plan.run_dir), methods=_methods(spec))
-    store.write_spec(spec.resolved())
+    try:
+        # A grown spec (new method, new swept setting): existing files get the new columns first,
+        # so `pandas.read_parquet(run/"results")` keeps reading every column of every file.
+        plan.methods = unify_run_schema(plan.run_dir, _methods(spec), log=out)
+        store = RunStore(Path(plan.run_dir), methods=plan.methods)
+        store.write_spec(spec.resolved())
+    except OSError as exc:  # storage not writable, a file where a folder should be, disk full
+        err(f"error: {args.spec}: storage: cannot write the run directory {plan.run_dir}: "
+            f"{exc.strerror or exc} (allowed: a writable directory)")
+        return EXIT_USAGE
     done = set(store.ok_cell_ids())
     plan.todo = [c for c in cells if c.cell_id not in done]
     plan.skipped = len(cells) - len(plan.todo)

@@ -176,6 +176,26 @@ def run_one(cell: Any, ctx: TrialContext, *, attempt: int, report: Any = None) -
     return {**outcome.metrics, **outcome.oracle, **diags}
 
 
+#: TEST ONLY (fault injection): a file path; the first trial to start while it does not exist
+#: creates it (writing its cell_id) and SIGKILLs its own worker process, like an OOM kill would.
+TEST_KILL_ONCE_ENV = "FUNAD_TEST_KILL_ONCE"
+
+
+def _test_kill_once(cell_id: str) -> None:
+    marker = os.environ.get(TEST_KILL_ONCE_ENV)
+    if not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, cell_id.encode())
+    os.close(fd)
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def cell_trainable(config: dict[str, Any], cells: dict[str, Any], ctx: TrialContext) -> None:
     """The Tune function trainable: config = {"cell_id": ...}; cells and ctx come via with_parameters."""
     from ray import tune
@@ -185,6 +205,7 @@ def cell_trainable(config: dict[str, Any], cells: dict[str, Any], ctx: TrialCont
     enter_workdir(ctx.workdir)
     _set_threads(ctx.cpus)
     attempt = _next_attempt(ctx, cell_id)
+    _test_kill_once(cell_id)
     metrics = run_one(cell, ctx, attempt=attempt, report=tune_reporter())
     tune.report({"done": 1, "attempt": attempt, **_numeric(metrics)})
 

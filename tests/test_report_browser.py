@@ -179,20 +179,12 @@ def _errors(events: list[dict[str, Any]]) -> list[str]:
     return bad
 
 
-@pytest.mark.slow
-def test_report_renders_in_chromium(tmp_path: Path) -> None:
+def render_in_chromium(report: Path, profile: Path) -> tuple[dict[str, Any], list[dict[str, Any]], bytes]:
+    """Open `report` from its file:// URL; return the page state (CHECK_JS), all events and a screenshot."""
     binary = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
     if binary is None:
         pytest.fail("chromium not found: run `bash scripts/ensure_chromium.sh`")
-    run = make_run_dir(tmp_path)
-    report = build_report(run)
-
-    # expected variants, straight from the Parquet rows: one per (method, params) among ok rows
-    ok = pd.read_parquet(run / "results")
-    ok = ok[ok["status"] == "ok"]
-    variants = ok[["method", "params"]].drop_duplicates()
-
-    browser = Chromium(binary, tmp_path / "profile")
+    browser = Chromium(binary, profile)
     try:
         target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
@@ -227,7 +219,20 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     finally:
         browser.close()
 
-    png = base64.b64decode(shot["data"])
+    return state, events, base64.b64decode(shot["data"])
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path)
+    report = build_report(run)
+
+    # expected variants, straight from the Parquet rows: one per (method, params) among ok rows
+    ok = pd.read_parquet(run / "results")
+    ok = ok[ok["status"] == "ok"]
+    variants = ok[["method", "params"]].drop_duplicates()
+
+    state, events, png = render_in_chromium(report, tmp_path / "profile")
     # A test artifact only: docs/img/report.png (README) is refreshed by hand from a real sweep's report.
     dest = ROOT / "artifacts" / "report_screenshot.png"
     dest.parent.mkdir(parents=True, exist_ok=True)
