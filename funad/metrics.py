@@ -62,27 +62,31 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(np.trapezoid(tpr, fpr))
 
 
-def average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """AP = sum_n (R_n - R_{n-1}) P_n over distinct thresholds (no interpolation); None without positives."""
+def _precision_recall(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Precision and recall at each distinct threshold (descending); None with a single class."""
     y, s = _check(labels, scores)
     pos = int(y.sum())
     if pos == 0 or pos == y.size:
         return None
     tps, fps, _ = _curve(y, s)
-    precision = tps / (tps + fps)
-    recall = tps / pos
+    return tps / (tps + fps), tps / pos
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """AP = sum_n (R_n - R_{n-1}) P_n over distinct thresholds (no interpolation); None without positives."""
+    pr = _precision_recall(labels, scores)
+    if pr is None:
+        return None
+    precision, recall = pr
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def f1_max(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Best F1 over all thresholds (an operating-point-free summary)."""
-    y, s = _check(labels, scores)
-    pos = int(y.sum())
-    if pos == 0 or pos == y.size:
+    pr = _precision_recall(labels, scores)
+    if pr is None:
         return None
-    tps, fps, _ = _curve(y, s)
-    precision = tps / (tps + fps)
-    recall = tps / pos
+    precision, recall = pr
     denom = precision + recall
     f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
     return float(f1.max())
