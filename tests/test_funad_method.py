@@ -207,3 +207,17 @@ def test_faiss_and_torch_backends_agree(pool: FeatureSet, test_set: FeatureSet) 
     _, a = _fit_score(pool, test_set, epochs=2, knn_backend="torch")
     _, b = _fit_score(pool, test_set, epochs=2, knn_backend="faiss")
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+
+def test_unseeded_init_differs_between_runs_even_after_global_seeding(
+    pool: FeatureSet, test_set: FeatureSet
+) -> None:
+    """Quirk 2 must not be undone by a runner that seeds the global RNG before fit (funad.run does)."""
+
+    def scores(**params: object) -> np.ndarray:
+        torch.manual_seed(0)
+        return _fit_score(pool, test_set, epochs=1, **params)[1]
+
+    assert np.array_equal(scores(), scores())
+    assert not np.array_equal(scores(unseeded_init=True), scores(unseeded_init=True))

@@ -86,7 +86,7 @@ class FunADSettings(MethodSettings):
     drop_last: bool = True
     # reference quirks
     noise_aliasing: bool = Field(False, description="quirk 1: L_MS also on the noised inputs")
-    unseeded_init: bool = Field(False, description="quirk 2: init from the global RNG, not from the seed")
+    unseeded_init: bool = Field(False, description="quirk 2: init from OS entropy (differs every run)")
     reference_quirks: bool = Field(False, description="turn on every reference quirk flag")
     # compute
     precision: Literal["fp32", "bf16", "tf32"] = "fp32"
@@ -200,7 +200,14 @@ class FunAD(Method):
         dim = 2 * c
         self.history, self.diagnostics, self.oracle = [], {}, {}
 
-        init_gen = None if s.unseeded_init else torch.Generator().manual_seed(ctx.seed)
+        # Quirk 2: the reference builds Local-Net before seeding, so its init differs on every run. Our
+        # runner seeds the global RNG before fit, so drawing from it would NOT reproduce that: draw from
+        # fresh OS entropy instead (non-deterministic on purpose).
+        init_gen = torch.Generator()
+        if s.unseeded_init:
+            init_gen.seed()
+        else:
+            init_gen.manual_seed(ctx.seed)
         net = LocalNet(dim, init_gen).to(dev)
         self._net = net
         gen = torch.Generator(device=dev).manual_seed(ctx.seed + _TRAIN_SEED_OFFSET)
