@@ -121,10 +121,6 @@ def open_dataset(dataset: dict[str, Any], data_cache: Path | None = None) -> Any
             os.environ["FUNAD_CACHE"] = old
 
 
-def _labels(records: list[Any]) -> np.ndarray:
-    return np.asarray([int(r.label) for r in records], dtype=np.int8)
-
-
 def load_crop(record: Any, bcfg: Any) -> np.ndarray:
     """uint8 RGB crop [crop, crop, 3] exactly as the backbone saw it (augmented copies included)."""
     from funad.features import load_crop as _load_crop
@@ -195,9 +191,8 @@ def run_cell(
     t0 = time.perf_counter()
     train = features.extract_features(split.train, bcfg, cache, device=device, progress=False)
     test = features.extract_features(split.test, bcfg, cache, device=device, progress=False)
-    # The pool's labels mark the injected images (diagnostics only); the test labels are the truth.
-    train.labels = _labels(split.train)
-    test.labels = _labels(split.test)
+    # extract_features takes labels from the records: the pool's mark the injected images (diagnostics
+    # only), the test labels are the truth.
     masks = features.load_masks(split.test, bcfg) if pixel_level else None
     test.masks = masks
     feature_s = time.perf_counter() - t0
