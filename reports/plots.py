@@ -73,6 +73,15 @@ def _rgba(color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def _variant_styles(
+    df: pd.DataFrame,
+) -> tuple[list[tuple[str, str, bool]], bool, dict[tuple[str, str, bool], str]]:
+    """Variants of `df`, whether overlap must be shown to tell them apart, and one colour per variant."""
+    variants = _variants(df)
+    colors = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+    return variants, df["overlap"].nunique() > 1, colors
+
+
 def _variants(df: pd.DataFrame) -> list[tuple[str, str, bool]]:
     """Ordered (method, config, overlap) triples of a table."""
     v = df[["method", "config", "overlap"]].drop_duplicates()
@@ -98,9 +107,7 @@ def ratio_plots(
     plots: list[Plot] = []
     if df.empty:
         return plots
-    variants = _variants(df)
-    show_overlap = df["overlap"].nunique() > 1
-    colors = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+    variants, show_overlap, colors = _variant_styles(df)
     for dataset in sorted(df["dataset"].astype(str).unique()):
         dsub = df[df["dataset"].astype(str) == dataset]
         for metric in values:
@@ -239,9 +246,7 @@ def category_bars(cat: pd.DataFrame, metric: str = "image_auroc") -> list[Plot]:
     df = cat[cat["ratio"].notna() & cat[f"{metric}_mean"].notna()] if len(cat) else cat
     if df.empty:
         return plots
-    variants = _variants(df)
-    show_overlap = df["overlap"].nunique() > 1
-    colors = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+    variants, show_overlap, colors = _variant_styles(df)
     for dataset in sorted(df["dataset"].astype(str).unique()):
         dsub = df[df["dataset"].astype(str) == dataset]
         ratios = sorted(dsub["ratio"].astype(float).unique())
