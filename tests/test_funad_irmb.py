@@ -356,3 +356,74 @@ def test_split_training_forward_matches_full_descriptors() -> None:
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(grads[0][1], grads[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---- two-level block top-k and the pruned re-rank (the paths large blocks take) ------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(256, 512), (512, 256), (96, 320), (256, 200), (64, 48)])
+def test_block_topk_equals_topk_both_dims(dtype: torch.dtype, shape: tuple[int, int]) -> None:
+    """Same k smallest VALUES as torch.topk along either dim, indices pointing at them; ties and
+    +inf entries included; shapes that are not multiples of the group width fall back."""
+    g = torch.Generator().manual_seed(5)
+    d = torch.randint(0, 40, shape, generator=g).to(dtype)  # many exact ties
+    d[3, :] = float("inf")
+    d[:, 7] = float("inf")
+    for dim in (0, 1):
+        for k in (1, 2, 8):
+            vals, idx = irmb.block_topk(d, k, dim)
+            ref = torch.topk(d.float(), k, dim=dim, largest=False).values
+            torch.testing.assert_close(torch.sort(vals.float(), dim=dim).values, ref, rtol=0, atol=0)
+            assert torch.equal(d.gather(dim, idx), vals)
+            # the k indices of a line are distinct
+            s = torch.sort(idx, dim=dim).values
+            assert bool((s.diff(dim=dim) > 0).all())
+
+
+def _brute_knn64(q: np.ndarray, bank: np.ndarray, k: int, skip_self: bool = False) -> np.ndarray:
+    d = ((q[:, None, :].astype(np.float64) - bank[None].astype(np.float64)) ** 2).sum(-1)
+    if skip_self:
+        np.fill_diagonal(d, np.inf)
+    return np.sort(d, axis=1)[:, :k]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_batch_search_large_blocks_match_brute_force(precision: str) -> None:
+    """Blocks of 256 rows take the two-level top-k and the pruned re-rank: bank distances within
+    fp32 rounding of float64 brute force, and the mutual pairs exactly the brute-force ones."""
+    rng = np.random.default_rng(21)
+    protos = rng.normal(size=(40, 24)).astype(np.float32) * 3
+    z = (protos[rng.integers(0, 40, 768)] + 0.3 * rng.normal(size=(768, 24))).astype(np.float32) + 5.0
+    z[100] = z[400]  # an exact duplicate across blocks
+    if precision == "bf16":
+        z = torch.from_numpy(z).bfloat16().float().numpy()  # the points bf16 search actually sees
+    member = np.zeros(768, dtype=bool)
+    member[:320] = True
+    extra = (protos[rng.integers(0, 40, 256)] + 0.3 * rng.normal(size=(256, 24))).astype(np.float32)
+    bank = np.concatenate([z[member], extra])
+    zt, mt, et = torch.from_numpy(z), torch.from_numpy(member), torch.from_numpy(extra)
+    dist, u, v = irmb.batch_search(zt, mt, et, 2, chunk=256, precision=precision)
+    np.testing.assert_allclose(dist.numpy(), _brute_knn64(z, bank, 2), rtol=1e-5, atol=1e-4)
+    d = ((z[:, None, :].astype(np.float64) - z[None].astype(np.float64)) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    nn_ = d.argmin(1)
+    want = {(a, int(nn_[a])) for a in range(768) if nn_[nn_[a]] == a and a < nn_[a]}
+    assert set(zip(u.tolist(), v.tolist(), strict=True)) == want
+
+
+def test_pruned_rerank_equals_full_rerank() -> None:
+    """The key-error pruning drops only candidates that cannot be among the k nearest, even where
+    the approximate keys (errors up to the bf16 allowance) order the candidates wrongly."""
+    rng = np.random.default_rng(3)
+    dirs = rng.normal(size=(300, 16))
+    radius = 1.0 + rng.uniform(-2e-3, 2e-3, (300, 1))  # all candidates within 0.4 % of each other
+    source = torch.from_numpy(dirs / np.linalg.norm(dirs, axis=1, keepdims=True) * radius).float()
+    query = torch.zeros(50, 16)
+    idx = torch.from_numpy(np.stack([rng.choice(300, 8, replace=False) for _ in range(50)]))
+    exact_all = (source[idx] ** 2).sum(-1)
+    approx = exact_all * (1 + 0.0075 * torch.from_numpy(rng.uniform(-1, 1, (50, 8))).float())
+    approx[0, 3] = float("inf")
+    assert not torch.equal(torch.argsort(approx[1:], 1)[:, :2], torch.argsort(exact_all[1:], 1)[:, :2])
+    full = irmb._exact_rerank(query, source, approx, idx, 2)
+    beta = torch.zeros(50)
+    pruned = irmb._exact_rerank(query, source, approx, idx, 2, rho=2.0**-7, beta=beta)
+    assert torch.equal(full[0], pruned[0]) and torch.equal(full[1], pruned[1])

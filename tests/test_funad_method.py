@@ -190,6 +190,7 @@ VARIANTS = [
     {"reference_quirks": True},
     {"sigma_mode": "fixed", "sigma": 0.3, "ms_loss": "l2"},
     {"precision": "bf16"},
+    {"precision": "bf16", "train_precision": "bf16"},
     {"precision": "tf32", "keep_ratio": 2.0, "drop_last": False},
 ] + ([{"knn_backend": "faiss", "exclude_own_image": True}] if faiss_available() else [])
 

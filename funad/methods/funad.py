@@ -26,6 +26,7 @@ Our choices where the spec is silent (all settings or documented here):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -89,7 +90,12 @@ class FunADSettings(MethodSettings):
     unseeded_init: bool = Field(False, description="quirk 2: init from OS entropy (differs every run)")
     reference_quirks: bool = Field(False, description="turn on every reference quirk flag")
     # compute
-    precision: Literal["fp32", "bf16", "tf32"] = "fp32"
+    precision: Literal["fp32", "bf16", "tf32"] = Field(
+        "fp32", description="pool scoring and the bank/pair search (candidates re-ranked in exact fp32)"
+    )
+    train_precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="training step: bf16 autocast of forward/backward (weights, losses fp32)"
+    )
     knn_backend: Literal["auto", "torch", "faiss"] = "auto"
     rerank: int = Field(8, ge=1, description="approximate candidates re-scored exactly per query (>= k)")
     knn_chunk: int = Field(2048, ge=1, description="query rows per bank-search block")
@@ -355,12 +361,20 @@ class FunAD(Method):
             _descriptor_rows(cls_b, pat_b, noised), torch.ones_like(noised, dtype=torch.bool), sigma, gen,
             inplace=True,
         )
-        # 5. losses and one RMSprop step, in full fp32. Clean rows go through the split adaptor
-        # (the CLS half once per image; spec: the same function), noised rows through the full one.
+        # 5. losses and one RMSprop step, in fp32 (or under bf16 autocast: train_precision).
+        # Clean rows go through the split adaptor (the CLS half once per image; spec: the same
+        # function), noised rows through the full one.
+        autocast = (
+            torch.autocast(device_type=pat_b.device.type, dtype=torch.bfloat16)
+            if s.train_precision == "bf16"
+            else contextlib.nullcontext()
+        )
         with irmb.matmul_precision("fp32"):
-            z = net.adapt_split(cls_b, pat_b).reshape(n_rows, dim)
-            z_in = z.index_put((noised,), net.adapt(x_noised)) if noised.numel() else z
-            logits_all = net.head_logits(torch.cat([z_in, z[extra]]) if extra.numel() else z_in)
+            with autocast:
+                z = net.adapt_split(cls_b, pat_b).reshape(n_rows, dim)
+                z_in = z.index_put((noised,), net.adapt(x_noised).to(z.dtype)) if noised.numel() else z
+                logits_all = net.head_logits(torch.cat([z_in, z[extra]]) if extra.numel() else z_in)
+            logits_all = logits_all.float()
             loss_bce = irmb.balanced_bce(logits_all[:n_rows], y)
             if extra.numel():
                 remap = torch.arange(n_rows, device=z.device)

@@ -129,8 +129,8 @@ _ALIGN = 32
 
 def _ranking_operands(
     x: torch.Tensor, mu: torch.Tensor, precision: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L, R) with L_i . R_j = ||x_i - mu||^2 + ||x_j - mu||^2 - 2 (x_i - mu).(x_j - mu).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L, R, n): n_i = ||x_i - mu||^2 and L_i . R_j = n_i + n_j - 2 (x_i - mu).(x_j - mu).
 
     The squared norms ride along as extra GEMM columns, so ONE matmul gives the full (symmetric)
     approximate squared distance with no elementwise pass over the big output block. In bf16
@@ -157,7 +157,50 @@ def _ranking_operands(
     else:
         left[:, dim], left[:, dim + 1] = nrm, 1.0
         right[:, dim], right[:, dim + 1] = 1.0, nrm
-    return left, right
+    return left, right, nrm
+
+
+#: error allowance of the approximate keys per precision: (rho, beta) in
+#: |key - exact| <= rho * |key| + beta * (n_query + n_max), n = squared norms around the bank mean.
+#: rho covers the GEMM output rounding (bf16 keys carry 8 significant bits: <= 2^-8 relative; we
+#: allow 2^-7); beta the fp32 accumulation over the inner width and the input rounding. Measured
+#: on the benchmark shapes (D = 1536, n ~ 900): fp32 |error| <= 1.1e-6 * (n_q + n_b), bf16 errors
+#: <= 0.0038 |key|; the allowances are >= 14x and 2x those.
+KEY_SLACK = {"fp32": (2.0**-20, 2.0**-16), "tf32": (2.0**-9, 2.0**-13), "bf16": (2.0**-7, 2.0**-12)}
+
+
+#: width of the column (or row) groups of `block_topk`'s first level
+_GROUP = 16
+
+
+def block_topk(d: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k smallest entries of a 2-D block along `dim` (values, indices), unsorted, in two levels.
+
+    A plain top-k over a [2048, 2048] block costs about as much as the bf16 GEMM that made it (and
+    four times that along dim 0). Level 1 splits each line into `_GROUP` equal slices and takes the
+    element-wise minimum across the slices (group g = entries g, g + n/G, g + 2n/G, ...): one
+    streaming, vectorised pass. Level 2 takes the top-k over the k groups with the smallest minima
+    only. Exact: any entry outside those groups is >= the k-th group minimum, and the k minima
+    themselves are candidates, so the k smallest of the kept groups are a k-smallest set of the
+    whole line (ties may pick other members; the callers re-rank exactly).
+    """
+    n = d.shape[dim]
+    k = min(k, n)
+    if n % _GROUP or n // _GROUP < 2 * k:
+        return torch.topk(d, k, dim=dim, largest=False, sorted=False)
+    width = n // _GROUP
+    if dim == 1:
+        gmin = d.view(d.shape[0], _GROUP, width).amin(1)  # [rows, width]
+    else:
+        gmin = d.view(_GROUP, width, d.shape[1]).amin(0).T  # [cols, width]
+    gsel = torch.topk(gmin, k, dim=1, largest=False, sorted=False).indices  # [lines, k]
+    lines = gsel.shape[0]
+    members = (gsel[:, :, None] + torch.arange(0, n, width, device=d.device)).reshape(lines, k * _GROUP)
+    x = d if dim == 1 else d.T
+    cand = x.gather(1, members)
+    vals, pos = torch.topk(cand, k, dim=1, largest=False, sorted=False)
+    idx = members.gather(1, pos)
+    return (vals, idx) if dim == 1 else (vals.T, idx.T)
 
 
 def _approx_candidates_torch(
@@ -170,24 +213,26 @@ def _approx_candidates_torch(
     self_search: bool,
     query_owner: torch.Tensor | None,
     bank_owner: torch.Tensor | None,
-) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """Chunked fused-norm GEMM search yielding (start, end, approx sqdist [q, kq], idx [q, kq]).
 
-    Masked entries are +inf; only stage 2 gives exact distances.
+    Masked entries are +inf; only stage 2 gives exact distances. The last item is each query row's
+    absolute key-error allowance (see KEY_SLACK).
     """
     mu = bank.float().mean(0)
-    _, right = _ranking_operands(bank, mu, precision)
+    _, right, nb = _ranking_operands(bank, mu, precision)
+    nb_max = float(nb.max())
     with matmul_precision(precision):
         for s in range(0, query.shape[0], chunk):
             e = min(query.shape[0], s + chunk)
-            left, _ = _ranking_operands(query[s:e], mu, precision)
+            left, _, nq = _ranking_operands(query[s:e], mu, precision)
             d = left @ right.T
             if self_search:
                 d[:, s:e].diagonal().fill_(float("inf"))
             if query_owner is not None and bank_owner is not None:
                 d.masked_fill_(query_owner[s:e, None] == bank_owner[None, :], float("inf"))
-            vals, idx = torch.topk(d, kq, dim=1, largest=False, sorted=False)
-            yield s, e, vals.float(), idx
+            vals, idx = block_topk(d, kq, dim=1)
+            yield s, e, vals.float(), idx, (nq + nb_max) * KEY_SLACK[precision][1]
 
 
 def _approx_candidates_faiss(
@@ -200,7 +245,7 @@ def _approx_candidates_faiss(
     query_owner: torch.Tensor | None,
     bank_owner: torch.Tensor | None,
     extra: int,
-) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """faiss flat search asking for `extra` more neighbours, then masking self / own-image hits."""
     from funad.knn import knn
 
@@ -218,31 +263,50 @@ def _approx_candidates_faiss(
         vals.masked_fill_(bad, float("inf"))
         idx = idx.clamp(min=0)
         vals, pos = torch.topk(vals, min(kq, k_ask), dim=1, largest=False, sorted=False)
-        yield s, e, vals, idx.gather(1, pos)
+        yield s, e, vals, idx.gather(1, pos), None  # faiss keys: no error model, re-rank all
 
 
-#: query rows per slab of the exact re-rank
-_RERANK_ROWS = 64
+#: (query, candidate) pairs per slab of the exact re-rank: the [pairs, D] temporaries stay in cache
+_RERANK_PAIRS = 512
 
 
 def _exact_rerank(
-    query: torch.Tensor, source: torch.Tensor, approx: torch.Tensor, idx: torch.Tensor, kk: int
+    query: torch.Tensor,
+    source: torch.Tensor,
+    approx: torch.Tensor,
+    idx: torch.Tensor,
+    kk: int,
+    *,
+    rho: float = 0.0,
+    beta: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 2: exact fp32 squared distances (from differences) of the candidates, k smallest.
 
     query [q, D], candidates idx [q, kq] into source rows, approx [q, kq] (+inf = not a candidate).
-    Ties are ordered by the smallest index (index sort, then a stable distance sort); missing
-    neighbours come out as (+inf, -1).
+    beta [q] (with rho): the approximate keys are within rho*|key| + beta of the exact distance, so
+    a candidate whose key exceeds the kk-th key by more than twice that allowance cannot be among
+    the kk nearest and is not recomputed (typically 2-3 of 8 candidates remain). beta=None
+    recomputes every candidate. Ties are ordered by the smallest index (index sort, then a stable
+    distance sort); missing neighbours come out as (+inf, -1).
     """
     idx, order = torch.sort(idx, dim=1)
-    masked = torch.isinf(approx.gather(1, order))
-    exact = torch.empty(idx.shape, dtype=torch.float32, device=idx.device)
-    q32 = query.float()
-    for s in range(0, idx.shape[0], _RERANK_ROWS):  # small slabs: the [rows, kq, D] temp stays in cache
-        e = min(idx.shape[0], s + _RERANK_ROWS)
-        diff = q32[s:e, None, :] - source[idx[s:e]]  # promotes a bf16 source without an fp32 copy
-        exact[s:e] = diff.square_().sum(-1)
-    exact.masked_fill_(masked, float("inf"))
+    approx = approx.gather(1, order)
+    keep = ~torch.isinf(approx)
+    if beta is not None and approx.shape[1] > kk:
+        kth = torch.kthvalue(approx, kk, dim=1).values  # +inf when fewer than kk candidates
+        bound = kth + rho * kth.abs() + 2.0 * beta
+        limit = torch.where(bound >= 0, bound / (1.0 - rho), bound / (1.0 + rho))
+        keep &= approx <= limit[:, None]
+    rows, cols = torch.nonzero(keep, as_tuple=True)
+    exact = torch.full(idx.shape, float("inf"), dtype=torch.float32, device=idx.device)
+    flat = exact.view(-1)
+    where = rows * idx.shape[1] + cols
+    src = idx[rows, cols]
+    for s in range(0, rows.numel(), _RERANK_PAIRS):
+        e = min(rows.numel(), s + _RERANK_PAIRS)
+        diff = query.index_select(0, rows[s:e]).float()
+        diff.sub_(source.index_select(0, src[s:e]))  # fp32 differences (a bf16 row is exact in fp32)
+        flat[where[s:e]] = diff.square_().sum(-1)
     exact, pos = torch.sort(exact, dim=1, stable=True)
     dist = exact[:, :kk]
     return dist, torch.where(torch.isinf(dist), -1, idx.gather(1, pos)[:, :kk])
@@ -308,17 +372,19 @@ def nearest(
     else:
         raise ValueError(f"nearest: unknown backend {backend!r}; use auto, torch or faiss")
     kk = min(k, kq)
-    for s, e, approx, idx in stream:
-        out_d[s:e, :kk], out_i[s:e, :kk] = _exact_rerank(query[s:e], bank, approx, idx, kk)
+    rho = KEY_SLACK[precision][0]
+    for s, e, approx, idx, beta in stream:
+        out_d[s:e, :kk], out_i[s:e, :kk] = _exact_rerank(
+            query[s:e], bank, approx, idx, kk, rho=rho, beta=beta
+        )
     return out_d, out_i
 
 
 class _RunningTopK:
     """Per-row k smallest (approx key, column) seen so far, merged block by block.
 
-    A block only touches the rows whose block minimum beats their current k-th key (`kth`): one
-    cheap min-reduction decides, and the top-k (the costly part, above all along dim 0 for the
-    columns of a symmetric block) runs on those rows/columns only.
+    A block's candidates (from `block_topk`) are merged only into the rows whose best candidate
+    beats their current k-th key.
     """
 
     def __init__(self, n: int, k: int, device: torch.device) -> None:
@@ -350,6 +416,20 @@ def _blocks(start: int, end: int, chunk: int, group: int) -> list[tuple[int, int
     return [(s, min(end, s + chunk), group) for s in range(start, end, chunk)]
 
 
+def _merge_block(
+    top: _RunningTopK, s: int, e: int, offset: int, d: torch.Tensor, kq: int, *, dim: int
+) -> None:
+    """Merge block d's k smallest along `dim` into the running sets of lines s..e (their indices + offset)."""
+    vals, idx = block_topk(d, kq, dim=dim)
+    if dim == 0:
+        vals, idx = vals.T, idx.T
+    sel = top.improvable(s, e, vals.amin(dim=1))
+    if sel.numel() == e - s:
+        top.add(slice(s, e), vals, idx + offset)
+    elif sel.numel():
+        top.add(sel + s, vals[sel], idx[sel] + offset)
+
+
 def _symmetric_candidates(
     left: torch.Tensor,
     right: torch.Tensor,
@@ -375,22 +455,9 @@ def _symmetric_candidates(
             d = left[s:e] @ right[s2:e2].T
             if s2 == s:
                 d.diagonal().fill_(float("inf"))
-            sel = tops[g2].improvable(s, e, d.amin(dim=1))
-            if sel.numel() == e - s:
-                vals, idx = torch.topk(d, min(kq, e2 - s2), dim=1, largest=False, sorted=False)
-                tops[g2].add(slice(s, e), vals, idx + s2)
-            elif sel.numel():
-                vals, idx = torch.topk(d[sel], min(kq, e2 - s2), dim=1, largest=False, sorted=False)
-                tops[g2].add(sel + s, vals, idx + s2)
-            if g2 == 2 or s2 == s:
-                continue
-            sel = tops[g].improvable(s2, e2, d.amin(dim=0))
-            if sel.numel() == e2 - s2:
-                vals, idx = torch.topk(d, min(kq, e - s), dim=0, largest=False, sorted=False)
-                tops[g].add(slice(s2, e2), vals.T, idx.T + s)
-            elif sel.numel():
-                vals, idx = torch.topk(d[:, sel], min(kq, e - s), dim=0, largest=False, sorted=False)
-                tops[g].add(sel + s2, vals.T, idx.T + s)
+            _merge_block(tops[g2], s, e, s2, d, kq, dim=1)
+            if g2 != 2 and s2 != s:
+                _merge_block(tops[g], s2, e2, s, d, kq, dim=0)
     return tops
 
 
@@ -432,9 +499,13 @@ def batch_search(
     to_orig = perm if extra is None else torch.cat([perm, torch.arange(n_q, n_q + n_e, device=dev)])
     mu = source.float().mean(0)
     with matmul_precision(precision):
-        left, right = _ranking_operands(source[to_orig], mu, precision)
+        left, right, nrm = _ranking_operands(source[to_orig], mu, precision)
         tops = _symmetric_candidates(left, right, n_m, n_q, rerank, chunk)
     del left, right
+    rho, beta_rel = KEY_SLACK[precision]
+    nrm_orig = torch.empty_like(nrm)
+    nrm_orig[to_orig] = nrm
+    beta = (nrm_orig[:n_q] + nrm.max()) * beta_rel
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(n_q, device=dev)
 
@@ -442,7 +513,15 @@ def batch_search(
         vals, idx = a.merged(b)
         vals, idx = vals[inv], to_orig[idx[inv]]  # back to the original row and column order
         out = [
-            _exact_rerank(z[s : s + chunk], source, vals[s : s + chunk], idx[s : s + chunk], kk)
+            _exact_rerank(
+                z[s : s + chunk],
+                source,
+                vals[s : s + chunk],
+                idx[s : s + chunk],
+                kk,
+                rho=rho,
+                beta=beta[s : s + chunk],
+            )
             for s in range(0, n_q, chunk)
         ]
         return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
