@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="timed iterations per precision (median)")
     p.add_argument("--skip-sweep", action="store_true", help="do not run the Ray sweep benchmark")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (a smoke test of the benchmark)")
+    p.add_argument("--no-smoke", action="store_true", help="overhead of the 2-cell sweep, not smoke.yaml")
     p.add_argument("--compare-fp32", action="store_true", help="also time the row-wise fp32 search")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.skip_sweep:
         result.update({**dict.fromkeys(SWEEP_KEYS), "reason": "skipped (--skip-sweep)"})
     else:
-        result.update(run_sweep_bench())
+        result.update(run_sweep_bench(smoke=not args.no_smoke))
     result["bench_wall_s"] = time.perf_counter() - t0
     print(json.dumps(result, default=float))
     return 0
