@@ -49,22 +49,29 @@ report: false
 """
 
 
-def _tree_rss_mb(pid: int) -> float:
-    """RSS of a process and all its descendants (MB); 0 when it is gone."""
+def _tree_memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of a process and all its descendants, in MB; zeros when it is gone.
+
+    RSS counts a memory-mapped feature pack once in EVERY process that touched it; PSS splits shared
+    pages between the processes mapping them, so the PSS sum is the memory the tree really costs
+    (PSS equals RSS where /proc/<pid>/smaps_rollup cannot be read).
+    """
     import psutil
 
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0.0
-    total = 0
+        return 0.0, 0.0
+    rss = pss = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            info = p.memory_full_info()
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
         except psutil.Error:
             pass
-    return total / 2**20
+    return rss / 2**20, pss / 2**20
 
 
 def run_sweep(
@@ -79,13 +86,15 @@ def run_sweep(
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    state: dict[str, Any] = {"sampling": False, "peak_mb": 0.0, "lines": []}
+    state: dict[str, Any] = {"sampling": False, "peak_mb": 0.0, "peak_pss_mb": 0.0, "lines": []}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
             if state["sampling"]:
-                state["peak_mb"] = max(state["peak_mb"], _tree_rss_mb(proc.pid))
+                rss, pss = _tree_memory_mb(proc.pid)
+                state["peak_mb"] = max(state["peak_mb"], rss)
+                state["peak_pss_mb"] = max(state["peak_pss_mb"], pss)
             stop.wait(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -114,8 +123,14 @@ def run_sweep(
         "forwards": state.get("forwards"),
         "run_dir": state.get("run_dir"),
         "trial_phase_peak_rss_mb": state["peak_mb"],
+        "trial_phase_peak_pss_mb": state["peak_pss_mb"],
         "tail": state["lines"][-15:],
     }
+
+
+def _features_mb(cache: Path) -> float:
+    """Size of the per-image feature entries in the cache (one copy of every extracted image)."""
+    return sum(f.stat().st_size for f in cache.glob("*/entries/**/*.npy")) / 2**20
 
 
 def read_results(run_dir: str) -> Any:
@@ -170,6 +185,7 @@ def run_sweep_bench(
     except Exception as exc:  # the harness is being finished by a colleague
         return {**dict.fromkeys(KEYS), "reason": f"harness.sweep not importable: {exc!r}"}
     tmp = Path(workdir or tempfile.mkdtemp(prefix="funad-sweepbench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     runs = []
     try:
         for concurrent, fresh in ((1, False), (2, True)):
@@ -202,6 +218,19 @@ def run_sweep_bench(
         "trial_peak_rss_mb": float(res["peak_rss_mb"].max()),
         "rss_per_extra_concurrent_trial_mb": warm["trial_phase_peak_rss_mb"]
         - cold["trial_phase_peak_rss_mb"],
+        "memory_detail": {
+            # PSS: shared (memory-mapped) pages split between the processes that map them
+            "pss_per_extra_concurrent_trial_mb": warm["trial_phase_peak_pss_mb"]
+            - cold["trial_phase_peak_pss_mb"],
+            **{
+                f"tree_peak_{m}_mb": {
+                    "one_trial": cold[f"trial_phase_peak_{m}_mb"],
+                    "two": warm[f"trial_phase_peak_{m}_mb"],
+                }
+                for m in ("rss", "pss")
+            },
+            "category_features_mb": _features_mb(tmp / "features"),
+        },
     }
     if smoke:
         try:

@@ -127,12 +127,13 @@ def run_one(cell: Any, ctx: TrialContext, *, attempt: int, report: Any = None) -
 
     from funad.run import run_cell
     from harness import store as store_mod
-    from harness.versions import node_name, peak_gpu_mb, peak_rss_mb
+    from harness.versions import node_name, peak_gpu_mb, peak_rss_mb, reset_peak_rss
 
     store = store_mod.RunStore(Path(ctx.run_dir), methods=ctx.methods or None)
     node = node_name()
     started = datetime.now(UTC)
     t0 = time.perf_counter()
+    reset_peak_rss()  # Tune reuses worker processes: the peak must be this cell's own
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     try:

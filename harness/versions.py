@@ -107,8 +107,33 @@ def node_name() -> str:
     return platform.node() or os.environ.get("HOSTNAME", "unknown")
 
 
+def reset_peak_rss() -> bool:
+    """Restart this process's peak-RSS count (Linux: "5" > /proc/self/clear_refs resets VmHWM).
+
+    Tune reuses a worker process for several trials; without the reset a trial's peak_rss_mb would be
+    the peak of every trial the process ran before. False where the kernel does not allow it.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process in MiB since the last `reset_peak_rss` (or its start).
+
+    Linux: VmHWM from /proc/self/status (the counter clear_refs resets); elsewhere ru_maxrss (KiB on
+    Linux, bytes on macOS), the peak over the process's life.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return float(rss) / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
 

@@ -275,3 +275,18 @@ def test_write_spec_and_schema_from_sweep_yaml(tmp_path: Path) -> None:
         out.map_examples,
     )
     assert worker.read_results()["hp_epochs"].tolist() == [3]
+
+
+def test_peak_rss_is_per_cell_after_reset() -> None:
+    """Reused Tune workers: after reset_peak_rss the peak is that of the new cell, not the process's."""
+    import numpy as np
+
+    from harness.versions import peak_rss_mb, reset_peak_rss
+
+    big = np.ones(40_000_000)  # 305 MiB touched
+    high = peak_rss_mb()
+    del big
+    if not reset_peak_rss():
+        pytest.skip("this kernel does not allow resetting the peak RSS")
+    assert high >= 300
+    assert peak_rss_mb() < high - 250

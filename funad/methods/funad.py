@@ -30,6 +30,7 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -122,6 +123,20 @@ class FunADSettings(MethodSettings):
         if self.rerank < self.k:
             raise ValueError(f"need rerank >= k, got rerank={self.rerank}, k={self.k}")
         return self
+
+
+def _read_only_tensor(a: np.ndarray, dev: torch.device) -> torch.Tensor:
+    """The pool's features as a tensor: on the CPU a view of the (memory-mapped, read-only) array.
+
+    Concurrent trials of one category then share the page-cached pack instead of each holding a
+    private copy. Nothing in fit writes into these tensors (every use is a gather or a cast into a
+    new tensor; a write into a read-only map would fault). On a GPU this is the one host->device copy.
+    """
+    if dev.type == "cpu":
+        with warnings.catch_warnings():  # torch warns that the array is not writable: we never write
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(a)
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
 
 
 def _descriptors(cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
@@ -217,9 +232,8 @@ class FunAD(Method):
         net = LocalNet(dim, init_gen).to(dev)
         self._net = net
         gen = torch.Generator(device=dev).manual_seed(ctx.seed + _TRAIN_SEED_OFFSET)
-        # np.array copies: read-only memmaps are read, never written or wrapped
-        cls = torch.from_numpy(np.array(train.cls)).to(dev)
-        patches = torch.from_numpy(np.array(train.patches).reshape(n, n_patch, c)).to(dev)
+        cls = _read_only_tensor(train.cls, dev)
+        patches = _read_only_tensor(train.patches.reshape(n, n_patch, c), dev)
         injected = torch.from_numpy(np.asarray(train.labels) > 0).to(dev)  # diagnostics ONLY
         opt = torch.optim.RMSprop(net.parameters(), lr=s.lr, momentum=s.momentum)
 
