@@ -89,6 +89,20 @@ def filled_settings(method: str, params: dict[str, Any]) -> dict[str, Any]:
     return method_class(method).Settings(**params).model_dump(mode="json")
 
 
+def launch_order(cells: Iterable[Cell]) -> list[str]:
+    """Cell ids, the expected-longest first (then by id, so the order is reproducible).
+
+    Starting the long cells first keeps the last minutes of a sweep from running one long cell while
+    the other slots idle. The estimate is deliberately crude: a method's `epochs` setting (the
+    iterative methods), 1 for the one-pass ones.
+    """
+    def cost(cell: Cell) -> float:
+        epochs = filled_settings(cell.config.method, cell.config.params).get("epochs", 1)
+        return float(epochs) if isinstance(epochs, int | float) else 1.0
+
+    return [c.cell_id for c in sorted(cells, key=lambda c: (-cost(c), c.cell_id))]
+
+
 def _is_list_type(annotation: Any) -> bool:
     """Whether a Settings field itself holds a list/tuple (then only a list of lists is an axis)."""
     origin = typing.get_origin(annotation)

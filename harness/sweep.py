@@ -340,6 +340,7 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tup
     """Features stage then Tune; returns (interrupted, dashboard url). Ray is always shut down."""
     from ray import tune
 
+    from harness.cells import launch_order
     from harness.features_stage import run_stage
     from harness.trial import TrialContext, cell_trainable, start_counter, trial_name
 
@@ -374,7 +375,7 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tup
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             tuner = tune.Tuner(
                 trainable,
-                param_space={"cell_id": tune.grid_search(sorted(cells))},
+                param_space={"cell_id": tune.grid_search(launch_order(plan.todo))},
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=getattr(spec, "max_concurrent", None),
                     # one worker process runs cell after cell: no torch import and process start per

@@ -145,3 +145,22 @@ def test_counts_instead_of_ratios(tmp_path: Path, root: Path) -> None:
     cells = expand_cells(spec)
     assert len(cells) == 2 * 2 * 3
     assert {(c.config.ratio, c.config.count) for c in cells} == {(None, 1), (None, 2)}
+
+
+def test_launch_order_longest_first_then_id() -> None:
+    """FUN-AD cells (by epochs, descending) start before the one-pass methods; ties by cell id."""
+    from types import SimpleNamespace
+
+    from harness.cells import launch_order
+
+    def cell(cid: str, method: str, **params: object) -> SimpleNamespace:
+        return SimpleNamespace(cell_id=cid, config=SimpleNamespace(method=method, params=params))
+
+    cells = [
+        cell("a", "patchcore"),
+        cell("b", "funad", epochs=5),
+        cell("c", "softpatch"),
+        cell("d", "funad"),  # default epochs: 1500
+        cell("e", "funad", epochs=5),
+    ]
+    assert launch_order(cells) == ["d", "b", "e", "a", "c"]
