@@ -89,6 +89,23 @@ def filled_settings(method: str, params: dict[str, Any]) -> dict[str, Any]:
     return method_class(method).Settings(**params).model_dump(mode="json")
 
 
+def config_cell_id(cfg: CellConfig, settings: dict[str, Any]) -> str:
+    """`compute_cell_id` of a cell's config, with the method's filled `settings`."""
+    return compute_cell_id(
+        dataset=cfg.dataset,
+        category=cfg.category,
+        backbone=cfg.backbone,
+        method=cfg.method,
+        settings=settings,
+        ratio=cfg.ratio,
+        count=cfg.count,
+        overlap=cfg.overlap,
+        seed=cfg.seed,
+        shortfall=cfg.shortfall,
+        min_test_anomalies=cfg.min_test_anomalies,
+    )
+
+
 def launch_order(cells: Iterable[Cell]) -> list[str]:
     """Cell ids, the expected-longest first (then by id, so the order is reproducible).
 
@@ -206,22 +223,6 @@ def expand_cells(spec: Any, *, data_cache: Any = None) -> list[Cell]:
                 for params, hp in method_grid(method, dict(settings or {})):
                     full = filled_settings(method, params)
                     for (ratio, count), overlap, seed in itertools.product(amounts, overlaps, spec.seeds):
-                        cid = compute_cell_id(
-                            dataset=dataset,
-                            category=category,
-                            backbone=backbone,
-                            method=method,
-                            settings=full,
-                            ratio=ratio,
-                            count=count,
-                            overlap=overlap,
-                            seed=seed,
-                            shortfall=c.shortfall,
-                            min_test_anomalies=c.min_test_anomalies,
-                        )
-                        if cid in seen:  # e.g. two grid points equal once defaults are filled
-                            continue
-                        seen.add(cid)
                         cfg = CellConfig(
                             dataset=dataset,
                             category=category,
@@ -237,6 +238,10 @@ def expand_cells(spec: Any, *, data_cache: Any = None) -> list[Cell]:
                             n_map_examples=int(spec.n_map_examples),
                             min_test_anomalies=c.min_test_anomalies,
                         )
+                        cid = config_cell_id(cfg, full)
+                        if cid in seen:  # e.g. two grid points equal once defaults are filled
+                            continue
+                        seen.add(cid)
                         cells.append(Cell(cid, cfg, hp))
     return cells
 

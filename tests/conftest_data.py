@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +125,12 @@ def build_classes(root: Path, sizes: dict[str, int]) -> Path:
         for i in range(n):
             write_image(root / cls / f"{i:02d}.png", size=(8, 8), value=i)
     return root
+
+
+def sweep_env(extra: dict[str, str] | None = None, *, pythonpath: Path | None = None) -> dict[str, str]:
+    """Environment for a `python -m harness.sweep` subprocess: offline, no usage stats, a local Ray."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", **(extra or {})}
+    env.pop("RAY_ADDRESS", None)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env

@@ -15,13 +15,7 @@ from funad.methods.localnet import LocalNet
 BACKENDS = ["torch"] + (["faiss"] if faiss_available() else [])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core box: OpenMP spin-waits make 2 threads ~20x slower than 1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sqdist64(a: np.ndarray, b: np.ndarray) -> float:

@@ -18,13 +18,7 @@ GRID, CH = 4, 8
 FAST = {"epochs": 4, "batch_size": 8, "lr": 1e-3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core box: OpenMP spin-waits make 2 threads ~20x slower than 1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _featureset(n: int, anomalous: list[int], seed: int, readonly: bool = False) -> FeatureSet:

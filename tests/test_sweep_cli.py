@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest_data import build_mvtec
+from conftest_data import build_mvtec, sweep_env
 
 REPO = Path(__file__).resolve().parent.parent
 RAY_DAEMONS = ("raylet", "gcs_server")
@@ -50,8 +50,7 @@ def write_spec(tmp_path: Path, **changes: object) -> Path:
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", **(env or {})}
-    full_env.pop("RAY_ADDRESS", None)
+    full_env = sweep_env(env)
     return subprocess.run(
         [sys.executable, "-m", "harness.sweep", *args],
         cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest_data import build_mvtec
+from conftest_data import build_mvtec, sweep_env
 
 from harness.store import RESULT_FIELDS
 
@@ -48,9 +48,7 @@ def make_spec(
 def sweep(
     *args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 600
 ) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", **(env or {})}
-    full_env.pop("RAY_ADDRESS", None)
-    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    full_env = sweep_env(env, pythonpath=REPO)
     res = subprocess.run(
         [sys.executable, "-m", "harness.sweep", *args, "-q"],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
