@@ -65,6 +65,12 @@ class BackboneConfig(BaseModel):
     std: tuple[float, float, float] | None = None
     #: Seed of the random init when weights == "random" (ignored otherwise).
     seed: int = 0
+    #: CNN only. False (the protocol, as the paper and PatchCore do it): the backbone sees the
+    #: `crop` x `crop` centre crop, so the cells on the crop's border are computed against zero
+    #: padding. True: the backbone sees the whole `resize` x `resize` image and the crop's cells are
+    #: cut out of its feature map, so border cells see the image around the crop. The evaluated
+    #: region, the grid and the masks are the same either way.
+    border_context: bool = False
 
     @field_validator("weights")
     @classmethod
@@ -90,6 +96,11 @@ class BackboneConfig(BaseModel):
             raise ValueError("give both mean and std, or neither")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
+        if self.border_context and is_vit(self.name):
+            raise ValueError(
+                f"border_context is for CNN backbones; {self.name} is a ViT (no zero padding, and its "
+                "token grid is tied to the input size)"
+            )
         return self
 
     @property
@@ -248,6 +259,8 @@ def backbone_key(cfg: BackboneConfig) -> str:
         "std": [round(float(s), 6) for s in std],
         "layers": None if (lay := resolved_layers(cfg)) is None else list(lay),
     }
+    if cfg.border_context:  # only when on: the keys of existing caches stay as they were
+        ident["border_context"] = True
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in cfg.name)
     return f"{safe}-{cfg.weights_kind}-{digest}"
@@ -430,16 +443,41 @@ class _Stop(Exception):
     """Raised by the deepest feature hook: layers past it are never computed."""
 
 
+def context_cells(resize: int, crop: int, grid: int) -> tuple[int, int]:
+    """(offset, size) in cells of the centre crop inside a feature map of `grid` cells over `resize` px.
+
+    Raises BackboneError when the crop does not fall on whole cells (border_context needs
+    (resize - crop) / 2 and crop to be multiples of the map's stride).
+    """
+    stride = resize / grid
+    off_px = int(round((resize - crop) / 2.0))
+    off, size = off_px / stride, crop / stride
+    if off != int(off) or size != int(size):
+        raise BackboneError(
+            f"border_context: the {crop} px centre crop of a {resize} px image does not fall on whole "
+            f"cells of the {grid}x{grid} feature map (stride {stride:g} px); choose resize and crop so "
+            f"that (resize - crop) / 2 and crop are multiples of {stride:g}"
+        )
+    return int(off), int(size)
+
+
 class FeatureExtractor(nn.Module):
     """[B, 3, S, S] normalised images -> [B, 1 + H*W, C] fp32 (row 0 = CLS / global mean)."""
 
-    def __init__(self, model: nn.Module, layers: tuple[int, ...] | None) -> None:
+    def __init__(
+        self, model: nn.Module, layers: tuple[int, ...] | None, *, context: tuple[int, int] | None = None
+    ) -> None:
+        """context = (resize, crop): inputs are whole resized images and the crop's cells are cut
+        out of the feature map (BackboneConfig.border_context); None: inputs are the crops."""
         super().__init__()
         from timm.models.vision_transformer import VisionTransformer
 
         self.model = model
         self.vit = isinstance(model, VisionTransformer)
         self.layers = layers
+        self.context = context
+        if context is not None and self.vit:
+            raise BackboneError("border_context is for CNN backbones, not ViTs")
         if not self.vit:
             if layers is None:
                 raise BackboneError("a CNN backbone needs feature layers")
@@ -487,6 +525,9 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cls, fmap = self.forward_maps(x)
+        if self.context is not None:
+            off, size = context_cells(*self.context, fmap.shape[-1])
+            fmap = fmap[:, :, off : off + size, off : off + size]
         b, c = fmap.shape[:2]
         patches = fmap.reshape(b, c, -1).transpose(1, 2)  # [B, HW, C], row-major over the grid
         if cls is None:
@@ -497,5 +538,6 @@ class FeatureExtractor(nn.Module):
 def build_extractor(cfg: BackboneConfig, device: torch.device | str = "cpu") -> FeatureExtractor:
     """Weighted, frozen extractor on `device`."""
     layers = resolved_layers(cfg)
-    return FeatureExtractor(build_model(cfg), layers).to(device).eval()
+    context = (cfg.resize, cfg.crop) if cfg.border_context else None
+    return FeatureExtractor(build_model(cfg), layers, context=context).to(device).eval()
 

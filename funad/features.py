@@ -103,20 +103,27 @@ def _crop_box(resize: int, crop: int) -> tuple[int, int]:
     return off, off
 
 
-def load_crop(record: ImageRecord, cfg: BackboneConfig) -> np.ndarray:
-    """The image as the backbone sees it before normalisation: uint8 [crop, crop, 3] (also for reports)."""
+def _load_resized(record: ImageRecord, cfg: BackboneConfig) -> np.ndarray:
+    """uint8 [resize, resize, 3]: decoded, augmented (if the record says so), resized."""
     im = load_rgb(record.path)
     if record.augment is not None:
         im = Image.fromarray(_affine(np.asarray(im), record.augment, order=1))
-    im = im.resize((cfg.resize, cfg.resize), Image.Resampling.BILINEAR)
+    return np.asarray(im.resize((cfg.resize, cfg.resize), Image.Resampling.BILINEAR))
+
+
+def load_crop(record: ImageRecord, cfg: BackboneConfig) -> np.ndarray:
+    """The evaluated region before normalisation: uint8 [crop, crop, 3] (what maps and masks cover)."""
     top, left = _crop_box(cfg.resize, cfg.crop)
-    return np.asarray(im)[top : top + cfg.crop, left : left + cfg.crop]
+    return _load_resized(record, cfg)[top : top + cfg.crop, left : left + cfg.crop]
 
 
 def preprocess(record: ImageRecord, cfg: BackboneConfig) -> torch.Tensor:
-    """Normalised float32 tensor [3, crop, crop]."""
+    """Normalised float32 tensor [3, crop, crop] ([3, resize, resize] with border_context)."""
     mean, std = resolved_mean_std(cfg)
-    x = load_crop(record, cfg).astype(np.float32) / 255.0
+    if cfg.border_context:  # the extractor cuts the crop's cells out of the feature map
+        x = _load_resized(record, cfg).astype(np.float32) / 255.0
+    else:
+        x = load_crop(record, cfg).astype(np.float32) / 255.0
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 

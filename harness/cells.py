@@ -191,7 +191,13 @@ def backbone_dict(backbone: Any) -> dict[str, Any]:
         config_cls = backbone_config_class()
     except ImportError:
         return given
-    return config_cls(**given).model_dump(mode="json")
+    full = config_cls(**given).model_dump(mode="json")
+    # settings added later hash only when set, so the ids of existing cells stay put
+    return {k: v for k, v in full.items() if not (k in _HASH_WHEN_SET and v == _HASH_WHEN_SET[k])}
+
+
+#: backbone settings that enter the cell id only when they differ from this value
+_HASH_WHEN_SET: dict[str, Any] = {"border_context": False}
 
 
 def backbone_config_class() -> type:

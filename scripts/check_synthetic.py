@@ -3,7 +3,8 @@
 Usage: HF_HUB_OFFLINE=1 python scripts/check_synthetic.py [--root DIR] [--features DIR] [--method NAME]
 The tree is generated into --root when it is missing or of another generator version. Per-defect AUROC
 is each defect type's images against the good test images. The project's acceptance check wants a mean
-image AUROC >= 0.85 at ratio 0; the generator is calibrated for >= 0.88 per category, mean >= 0.90.
+image AUROC >= 0.85 at ratio 0. Measured (generator 1.1, bundled Lite0): PatchCore 0.926 with the
+synthetic sweeps' border_context features, 0.828 with --crop-first (README, "Built-in synthetic set").
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", default="patchcore")
     ap.add_argument("--categories", nargs="*", default=sorted(CATEGORIES))
     ap.add_argument("--dump", type=Path, default=None, help="write all image scores to this JSON file")
+    ap.add_argument(
+        "--crop-first",
+        action="store_true",
+        help="the protocol's crop-then-backbone features (default: border_context, as the synthetic sweeps)",
+    )
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -40,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = CellConfig(
             dataset={"kind": "synthetic", "root": str(args.root)},
             category=cat,
-            backbone={"name": "tf_efficientnet_lite0", "weights": "bundled"},
+            backbone={
+                "name": "tf_efficientnet_lite0",
+                "weights": "bundled",
+                "border_context": not args.crop_first,
+            },
             method=args.method,
             params={},
             ratio=0.0,

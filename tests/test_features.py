@@ -188,8 +188,11 @@ def test_concurrent_processes_fill_the_same_cache(photos: list[ImageRecord], tmp
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache"), str(tmp_path / f"o{i}.npy")],
-                         env=env, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / "cache"), str(tmp_path / f"o{i}.npy")],
+            env=env,
+            stderr=subprocess.PIPE,
+        )
         for i in range(2)
     ]
     for p in procs:
@@ -420,3 +423,51 @@ def test_augmented_image_and_mask_move_together(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_masks([aug], cfg)[0], masks[1])  # deterministic
     np.testing.assert_array_equal(load_crop(aug, cfg), load_crop(aug, cfg))
     assert entry_key(img_p, 5) != entry_key(img_p, None) != entry_key(img_p, 6)
+
+
+def test_border_context_cuts_the_crop_cells_out_of_the_whole_image_map(
+    photos: list[ImageRecord], tmp_path: Path
+) -> None:
+    """Independent path: timm features_only on the whole RESIZED image, upsampled, then the crop's
+    cells (offset (80-64)/2/8 = 1 cell) cut out. Same grid and CLS rule as crop-first; its own cache."""
+    ctx = BackboneConfig(resize=80, crop=64, border_context=True)
+    fs = extract_features(photos[:2], ctx, tmp_path, progress=False)
+    full = build_model(ctx, with_head=True)
+    fo = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(2, 3)).eval()
+    want = fo.state_dict()
+    fo.load_state_dict({k: v for k, v in full.state_dict().items() if k in want}, strict=True)
+    mean = np.asarray([0.5, 0.5, 0.5], np.float32)
+    imgs = [
+        np.asarray(Image.open(r.path).convert("RGB").resize((80, 80), Image.Resampling.BILINEAR))
+        for r in photos[:2]
+    ]
+    x = torch.from_numpy(
+        np.stack([(im.astype(np.float32) / 255 - mean) / 0.5 for im in imgs]).transpose(0, 3, 1, 2)
+    )
+    with torch.no_grad():
+        f2, f3 = fo(x.contiguous())
+    f3 = torch.nn.functional.interpolate(f3, size=f2.shape[-2:], mode="bilinear", align_corners=False)
+    ref = torch.cat([f2, f3], 1)[:, :, 1:9, 1:9].permute(0, 2, 3, 1).numpy()
+    got = np.asarray(fs.patches, np.float32)
+    assert got.shape == (2, 8, 8, ref.shape[-1])
+    np.testing.assert_allclose(got, ref, rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(np.asarray(fs.cls, np.float32), ref.mean((1, 2)), rtol=1e-2, atol=1e-2)
+    crop_first = extract_features(photos[:2], BackboneConfig(resize=80, crop=64), tmp_path, progress=False)
+    assert not np.allclose(
+        np.asarray(crop_first.patches, np.float32)[:, 0], got[:, 0], atol=1e-2
+    )  # border cells differ
+    assert backbone_key(ctx) != backbone_key(BackboneConfig(resize=80, crop=64))
+
+
+def test_border_context_rules() -> None:
+    """ViTs refuse it; a crop off the cell grid is one clear error; the default key is unchanged."""
+    with pytest.raises(ValueError, match="border_context is for CNN backbones"):
+        BackboneConfig(name="vit_tiny_patch16_224", weights="random", border_context=True)
+    with pytest.raises(BackboneError, match="multiples of 8"):
+        from funad.backbones import context_cells
+
+        context_cells(88, 64, 11)  # 12 px margins on a stride-8 map: 1.5 cells
+    from harness.cells import backbone_dict
+
+    assert "border_context" not in backbone_dict({"name": "tf_efficientnet_lite0"})
+    assert backbone_dict({"name": "tf_efficientnet_lite0", "border_context": True})["border_context"] is True
