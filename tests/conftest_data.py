@@ -134,3 +134,27 @@ def sweep_env(extra: dict[str, str] | None = None, *, pythonpath: Path | None = 
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+def write_tiny_spec(path: Path, root: Path, **changes: object) -> Path:
+    """A tiny valid sweep file at `path`: the MVTec-layout tree at `root` (all categories), a 64 px
+    bundled CPU backbone, ratio 0, seed 0, patchcore; runs under path.parent / "runs". `changes`
+    replace top-level keys."""
+    import yaml
+
+    spec: dict[str, object] = {
+        "name": "t",
+        "storage": str(path.parent / "runs"),
+        "ray": {"dashboard": False, "num_cpus": 2},
+        "resources": {"cpu": 1, "gpu": 0},
+        "max_failures": 0,
+        "datasets": [{"kind": "mvtec", "root": str(root), "categories": "all"}],
+        "backbone": {"name": "tf_efficientnet_lite0", "weights": "bundled", "resize": 64, "crop": 64},
+        "contamination": {"ratios": [0.0], "overlap": False, "shortfall": "cap"},
+        "seeds": [0],
+        "methods": {"patchcore": {"coreset_ratio": 0.5}},
+        "report": False,
+        **changes,
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path

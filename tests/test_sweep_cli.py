@@ -9,8 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
-from conftest_data import build_mvtec, sweep_env
+from conftest_data import build_mvtec, sweep_env, write_tiny_spec
 
 REPO = Path(__file__).resolve().parent.parent
 RAY_DAEMONS = ("raylet", "gcs_server")
@@ -28,23 +27,8 @@ def ray_daemons() -> set[int]:
 def write_spec(tmp_path: Path, **changes: object) -> Path:
     """A tiny valid sweep: a 2-category MVTec-layout tree, a small CPU backbone, patchcore."""
     root = build_mvtec(tmp_path / "mvtec", n_train=4, n_good=2)
-    spec: dict[str, object] = {
-        "name": "t",
-        "storage": str(tmp_path / "runs"),
-        "ray": {"dashboard": False, "num_cpus": 2},
-        "resources": {"cpu": 1, "gpu": 0},
-        "max_failures": 0,
-        "datasets": [{"kind": "mvtec", "root": str(root), "categories": "all"}],
-        "backbone": {"name": "tf_efficientnet_lite0", "weights": "bundled", "resize": 64, "crop": 64},
-        "contamination": {"ratios": [0.0], "overlap": False, "shortfall": "cap"},
-        "seeds": [0, 1],
-        "methods": {"patchcore": {"coreset_ratio": [0.5, 1.0]}},
-        "report": False,
-    }
-    spec.update(changes)
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+    changes = {"seeds": [0, 1], "methods": {"patchcore": {"coreset_ratio": [0.5, 1.0]}}, **changes}
+    return write_tiny_spec(tmp_path / "spec.yaml", root, **changes)
 
 
 def run_cli(

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from conftest_data import build_mvtec, sweep_env
+from conftest_data import build_mvtec, sweep_env, write_tiny_spec
 
 from harness.store import RESULT_FIELDS
 
@@ -26,23 +25,9 @@ def make_spec(
     tmp_path: Path, root: Path, *, name: str = "t", seeds: list[int] | None = None, **changes: object
 ) -> Path:
     """Tiny cells: 2 MVTec-layout categories, a 64 px bundled CPU backbone, patchcore + 1-epoch FUN-AD."""
-    spec: dict[str, object] = {
-        "name": name,
-        "storage": str(tmp_path / "runs"),
-        "ray": {"dashboard": False, "num_cpus": 2},
-        "resources": {"cpu": 1, "gpu": 0},
-        "max_failures": 0,
-        "datasets": [{"kind": "mvtec", "root": str(root), "categories": "all"}],
-        "backbone": {"name": "tf_efficientnet_lite0", "weights": "bundled", "resize": 64, "crop": 64},
-        "contamination": {"ratios": [0.0], "overlap": False, "shortfall": "cap"},
-        "seeds": seeds or [0],
-        "methods": {"patchcore": {"coreset_ratio": 0.5}, "funad": {"epochs": 1}},
-        "report": False,
-    }
-    spec.update(changes)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+    methods = {"patchcore": {"coreset_ratio": 0.5}, "funad": {"epochs": 1}}
+    changes = {"name": name, "seeds": seeds or [0], "methods": methods, **changes}
+    return write_tiny_spec(tmp_path / f"{name}.yaml", root, **changes)
 
 
 def sweep(
