@@ -443,6 +443,11 @@ class _Stop(Exception):
     """Raised by the deepest feature hook: layers past it are never computed."""
 
 
+def crop_offset(resize: int, crop: int) -> int:
+    """Top (= left) offset in px of the centre crop, with torchvision CenterCrop's rounding."""
+    return int(round((resize - crop) / 2.0))
+
+
 def context_cells(resize: int, crop: int, grid: int) -> tuple[int, int]:
     """(offset, size) in cells of the centre crop inside a feature map of `grid` cells over `resize` px.
 
@@ -450,8 +455,7 @@ def context_cells(resize: int, crop: int, grid: int) -> tuple[int, int]:
     (resize - crop) / 2 and crop to be multiples of the map's stride).
     """
     stride = resize / grid
-    off_px = int(round((resize - crop) / 2.0))
-    off, size = off_px / stride, crop / stride
+    off, size = crop_offset(resize, crop) / stride, crop / stride
     if off != int(off) or size != int(size):
         raise BackboneError(
             f"border_context: the {crop} px centre crop of a {resize} px image does not fall on whole "

@@ -28,6 +28,7 @@ from funad.backbones import (
     FeatureExtractor,
     backbone_key,
     build_extractor,
+    crop_offset,
     feature_dim,
     key_description,
     resolved_mean_std,
@@ -99,7 +100,7 @@ def _affine(arr: np.ndarray, seed: int, order: int) -> np.ndarray:
 
 def _crop_box(resize: int, crop: int) -> tuple[int, int]:
     """Top-left offset of the center crop (same rounding as torchvision's CenterCrop)."""
-    off = int(round((resize - crop) / 2.0))
+    off = crop_offset(resize, crop)
     return off, off
 
 

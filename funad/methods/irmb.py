@@ -169,6 +169,11 @@ def _ranking_operands(
 KEY_SLACK = {"fp32": (2.0**-20, 2.0**-16), "tf32": (2.0**-9, 2.0**-13), "bf16": (2.0**-7, 2.0**-12)}
 
 
+def _key_beta(precision: str, n_query: torch.Tensor, n_max: torch.Tensor | float) -> torch.Tensor:
+    """Each query row's absolute key-error allowance, beta * (n_query + n_max) (see KEY_SLACK)."""
+    return (n_query + n_max) * KEY_SLACK[precision][1]
+
+
 #: width of the column (or row) groups of `block_topk`'s first level
 _GROUP = 16
 
@@ -232,7 +237,7 @@ def _approx_candidates_torch(
             if query_owner is not None and bank_owner is not None:
                 d.masked_fill_(query_owner[s:e, None] == bank_owner[None, :], float("inf"))
             vals, idx = block_topk(d, kq, dim=1)
-            yield s, e, vals.float(), idx, (nq + nb_max) * KEY_SLACK[precision][1]
+            yield s, e, vals.float(), idx, _key_beta(precision, nq, nb_max)
 
 
 def _approx_candidates_faiss(
@@ -502,10 +507,10 @@ def batch_search(
         left, right, nrm = _ranking_operands(source[to_orig], mu, precision)
         tops = _symmetric_candidates(left, right, n_m, n_q, rerank, chunk)
     del left, right
-    rho, beta_rel = KEY_SLACK[precision]
+    rho = KEY_SLACK[precision][0]
     nrm_orig = torch.empty_like(nrm)
     nrm_orig[to_orig] = nrm
-    beta = (nrm_orig[:n_q] + nrm.max()) * beta_rel
+    beta = _key_beta(precision, nrm_orig[:n_q], nrm.max())
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(n_q, device=dev)
 
