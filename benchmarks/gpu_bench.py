@@ -62,18 +62,19 @@ def run_gpu_bench(
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     perm_gen = torch.Generator().manual_seed(0)
-    times, overlaps = [], []
+    times, overlaps, band = [], [], []
     t_start = time.perf_counter()
     for i in range(iterations + 1):
         idx = torch.randperm(pool, generator=perm_gen)[:batch].to(dev)
         _sync(dev)
         t0 = time.perf_counter()
-        st.iteration(idx)
+        out = st.iteration(idx)
         _sync(dev)
         if i > 0:
             times.append(time.perf_counter() - t0)
             chosen = st.bank_state["chosen"]
             overlaps.append((int(chosen.numel()), int(torch.isin(chosen, idx).sum())))
+            band.append(float(out["band_frac"]) * batch * patches)
         if time.perf_counter() - t_start > budget_s and times:
             break
     iter_s = statistics.median(times)
@@ -88,6 +89,7 @@ def run_gpu_bench(
         patches=patches,
         dim=dim,
         width=width,
+        band_rows=statistics.median(band),
     )
     peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
     return {

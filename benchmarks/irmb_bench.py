@@ -40,12 +40,21 @@ def localnet_macs_per_patch(dim: int) -> int:
 
 
 def flop_counts(
-    *, pool: int, batch: int, bank_images: int, bank_in_batch: int, patches: int, dim: int, width: int
+    *,
+    pool: int,
+    batch: int,
+    bank_images: int,
+    bank_in_batch: int,
+    patches: int,
+    dim: int,
+    width: int,
+    band_rows: float = 0.0,
 ) -> dict[str, dict[str, float]]:
     """FLOPs of one iteration per part, nominal (spec section 6) and executed (this implementation).
 
     pool/batch/bank_images in images; bank_in_batch = bank images that are also batch images;
-    width = the ranking GEMM's inner width (dim + norm columns, padded; see irmb._ranking_operands).
+    width = the ranking GEMM's inner width (dim + norm columns, padded; see irmb._ranking_operands);
+    band_rows = batch patches in the uncertain band (noised: they also take the full adaptor).
     """
     p = batch * patches  # batch patches
     b = bank_images * patches
@@ -65,9 +74,13 @@ def flop_counts(
         "pool_scoring": pool_exec,
         "bank_search": 2.0 * p * (bank_images - bank_in_batch) * patches * width,
         "mutual_pairs": 1.0 * p * p * width,
-        # forward + weight gradients + input gradients of all layers but the first (the raw
-        # descriptors need no gradient); the few duplicated clean rows of L_MS are not counted
-        "train_step": 2.0 * p * (3 * macs - dim * dim),
+        # training step, as FunAD._iteration runs it: the split adaptor on every clean row
+        # (forward + weight gradient; the raw descriptors need no gradient; the CLS half once per
+        # image), the full adaptor on the band rows (forward + weight gradient), and the head on
+        # every clean row plus the noised band rows (forward + weight and input gradients)
+        "train_step": 2.0 * (2 * p * c * dim + 2 * batch * c * dim)
+        + 2.0 * 2 * band_rows * dim * dim
+        + 2.0 * 3 * (p + band_rows) * (macs - dim * dim),
     }
     for table in (nominal, executed):
         table["total"] = sum(table.values())
@@ -213,18 +226,20 @@ def time_iterations(state: State, batch: int, repeats: int, warmup: int = 1) -> 
     """Median seconds per iteration and per part over `repeats` iterations (after `warmup`)."""
     n = state.cls.shape[0]
     perm_gen = torch.Generator().manual_seed(123)
-    totals, parts, shapes = [], {}, []
+    totals, parts, shapes, band = [], {}, [], []
+    n_patch = state.patches.shape[1]
     for r in range(warmup + repeats):
         idx = torch.randperm(n, generator=perm_gen)[:batch]
         rec: dict[str, list[float]] = {}
         with timed_parts(rec):
             t0 = time.perf_counter()
-            state.iteration(idx)
+            out = state.iteration(idx)
             dt = time.perf_counter() - t0
         if r < warmup:
             continue
         totals.append(dt)
         shapes.append(_bank_overlap(state, idx))
+        band.append(float(out["band_frac"]) * idx.numel() * n_patch)
         pool_s = sum(rec.get("score_pool", [0.0]))
         search_s = sum(rec.get("batch_search", [0.0]))
         for key, val in (
@@ -238,6 +253,7 @@ def time_iterations(state: State, batch: int, repeats: int, warmup: int = 1) -> 
         "parts_s": {k: statistics.median(v) for k, v in parts.items()},
         "bank_images": statistics.median([s[0] for s in shapes]),
         "bank_in_batch": statistics.median([s[1] for s in shapes]),
+        "band_rows": statistics.median(band),
     }
 
 
@@ -396,6 +412,7 @@ def run_irmb_bench(
             patches=patches,
             dim=dim,
             width=width,
+            band_rows=r["band_rows"],
         )
         ex = fl["executed"]
         # each part against the matmul peak of the precision it runs in
@@ -414,6 +431,7 @@ def run_irmb_bench(
             "nominal_tflops": fl["nominal"]["total"] / r["iter_s"] / 1e12,
             "bank_images": r["bank_images"],
             "bank_in_batch": r["bank_in_batch"],
+            "band_rows": r["band_rows"],
         }
     out["irmb_gemm_efficiency"] = eff["fp32"]
     out["irmb_gemm_efficiency_bf16"] = eff["bf16"]

@@ -421,3 +421,50 @@ def test_pruned_rerank_equals_full_rerank() -> None:
     beta = torch.zeros(50)
     pruned = irmb._exact_rerank(query, source, approx, idx, 2, rho=2.0**-7, beta=beta)
     assert torch.equal(full[0], pruned[0]) and torch.equal(full[1], pruned[1])
+
+
+def _far_ring(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries whose 60 nearest rows are within 1.2 % of each other in distance but sit far from
+    the bank mean, so the fp32 ranking keys (error ~1e-7 x squared norm ~ 4e4) scramble their
+    order while exact differences (gaps >= ~2e-4 of ~1) do not."""
+    g = torch.Generator().manual_seed(seed)
+    dim = 8
+    far = torch.zeros(dim)
+    far[0] = 200.0
+    queries = far + 1e-6 * torch.randn(6, dim, generator=g, dtype=torch.float64)
+    dirs = torch.randn(60, dim, generator=g, dtype=torch.float64)
+    dirs /= dirs.norm(dim=1, keepdim=True)
+    radius = 1.0 + 1e-4 * torch.randperm(60, generator=g).double()
+    ring = far + dirs * radius[:, None]
+    other = -far + torch.randn(200, dim, generator=g, dtype=torch.float64)
+    bank = torch.cat([other, ring])
+    return queries.float(), bank.float()
+
+
+def test_certified_search_is_exact_where_the_candidates_are_not_enough() -> None:
+    """fp32 default (certify): rows whose 8 approximate candidates cannot be shown to hold the
+    nearest are searched again with more candidates, so the result equals exact brute force;
+    without it (certify=False) some rows get a near-tie instead (so this test can fail)."""
+    queries, bank = _far_ring(5)
+    exact = ((queries[:, None, :].double() - bank[None].double()) ** 2).sum(-1)
+    want_d, want_i = torch.sort(exact, dim=1, stable=True)
+    d, i = irmb.nearest(queries, bank, 2)
+    assert torch.equal(i, want_i[:, :2])
+    torch.testing.assert_close(d.double(), want_d[:, :2], rtol=1e-6, atol=1e-6)
+    _, i_loose = irmb.nearest(queries, bank, 2, certify=False)
+    assert not torch.equal(i_loose, want_i[:, :2])
+    # the same through the fused batch search: the queries are batch rows, the ring the bank,
+    # and each query's nearest other batch row is searched for the pairs
+    z = torch.cat([queries, bank[200:]])
+    member = torch.zeros(z.shape[0], dtype=torch.bool)
+    member[6:] = True
+    dist, u, v = irmb.batch_search(z, member, bank[:200], 2)
+    full = torch.cat([bank[200:], bank[:200]])
+    ex = ((z[:, None, :].double() - full[None].double()) ** 2).sum(-1)
+    ex[torch.arange(6, 66), torch.arange(60)] = 0.0  # members match themselves at 0
+    torch.testing.assert_close(dist.double(), torch.sort(ex, dim=1).values[:, :2], rtol=1e-6, atol=1e-6)
+    pz = ((z[:, None, :].double() - z[None].double()) ** 2).sum(-1)
+    pz.fill_diagonal_(float("inf"))
+    nn_ = pz.argmin(1)
+    want = {(a, int(nn_[a])) for a in range(z.shape[0]) if int(nn_[nn_[a]]) == a and a < int(nn_[a])}
+    assert set(zip(u.tolist(), v.tolist(), strict=True)) == want

@@ -363,13 +363,6 @@ class FunAD(Method):
         sigma: torch.Tensor | float = (
             _descriptor_sigma(cls_b, pat_b) if s.sigma_mode == "batch_std" else s.sigma
         )
-        if s.noise_aliasing or u.numel() == 0:
-            extra = u[:0]
-        else:  # clean copies of the band patches that take part in a pair (L_MS sees clean inputs)
-            member = torch.zeros(n_rows, dtype=torch.bool, device=pat_b.device)
-            member[u] = True
-            member[v] = True
-            extra = torch.nonzero(member & band, as_tuple=True)[0]
         noised = torch.nonzero(band, as_tuple=True)[0]
         x_noised = irmb.add_band_noise(
             _descriptor_rows(cls_b, pat_b, noised), torch.ones_like(noised, dtype=torch.bool), sigma, gen,
@@ -377,7 +370,9 @@ class FunAD(Method):
         )
         # 5. losses and one RMSprop step, in fp32 (or under bf16 autocast: train_precision).
         # Clean rows go through the split adaptor (the CLS half once per image; spec: the same
-        # function), noised rows through the full one.
+        # function), noised rows through the full one. The head runs on EVERY clean row: the band
+        # rows' clean logits are what L_MS needs (it sees clean inputs), and the noised logits
+        # replace them in the BCE input only, so no [rows, D] copy of z is ever built.
         autocast = (
             torch.autocast(device_type=pat_b.device.type, dtype=torch.bfloat16)
             if s.train_precision == "bf16"
@@ -386,18 +381,19 @@ class FunAD(Method):
         with irmb.matmul_precision("fp32"):
             with autocast:
                 z = net.adapt_split(cls_b, pat_b).reshape(n_rows, dim)
-                z_in = z.index_put((noised,), net.adapt(x_noised).to(z.dtype)) if noised.numel() else z
-                logits_all = net.head_logits(torch.cat([z_in, z[extra]]) if extra.numel() else z_in)
-            logits_all = logits_all.float()
-            loss_bce = irmb.balanced_bce(logits_all[:n_rows], y)
-            if extra.numel():
-                remap = torch.arange(n_rows, device=z.device)
-                remap[extra] = n_rows + torch.arange(extra.numel(), device=z.device)
-                pu, pv = remap[u], remap[v]
-            else:
-                pu, pv = u, v
+                logits_clean = net.head_logits(z)
+                logits_noised = net.head_logits(net.adapt(x_noised)) if noised.numel() else None
+            logits_clean = logits_clean.float()
+            logits_in = (
+                logits_clean.index_put((noised,), logits_noised.float())
+                if logits_noised is not None
+                else logits_clean
+            )
+            loss_bce = irmb.balanced_bce(logits_in, y)
+            # quirk 1 (noise_aliasing): the pairs see the noised logits of band rows, as the reference
+            pair_logits = logits_in if s.noise_aliasing else logits_clean
             loss_ms = irmb.mutual_smoothness(
-                torch.sigmoid(logits_all[pu]), torch.sigmoid(logits_all[pv]), s.ms_loss
+                torch.sigmoid(pair_logits[u]), torch.sigmoid(pair_logits[v]), s.ms_loss
             )
             loss = loss_bce + s.lam * loss_ms
             opt.zero_grad(set_to_none=True)
