@@ -130,8 +130,12 @@ class FeatureCache:
             return None
         if meta.get("shape") != list(self.entry_shape) or meta.get("dtype") != DTYPE.str:
             return None
-        if verify_checksum and meta.get("sha256") != _sha256_array(arr):
-            return None
+        if verify_checksum:
+            ident = _file_identity(data_path)
+            if ident not in _VERIFIED_PACKS:
+                if meta.get("sha256") != _sha256_array(arr):
+                    return None
+                _VERIFIED_PACKS.add(ident)
         return arr
 
     def write_entry(self, key: str, arr: np.ndarray) -> None:
@@ -176,8 +180,12 @@ class FeatureCache:
             return None
         if meta.get("shape") != list(shape) or meta.get("keys") != list(keys):
             return None
-        if verify_checksum and meta.get("sha256") != _sha256_array(arr):
-            return None
+        if verify_checksum:
+            ident = _file_identity(data_path)
+            if ident not in _VERIFIED_PACKS:
+                if meta.get("sha256") != _sha256_array(arr):
+                    return None
+                _VERIFIED_PACKS.add(ident)
         with contextlib.suppress(OSError):
             os.utime(data_path)  # mtime = last use, for prune_packs
         return arr
@@ -212,11 +220,23 @@ class FeatureCache:
                 tmp_data.unlink()
 
 
+#: packs this process has checksummed, by (path, inode, size): a pack is only ever replaced
+#: atomically (a new inode), so a split that reads its category's pack again (the test split after
+#: the train split, the next cell of a reused worker) does not hash the whole file again
+_VERIFIED_PACKS: set[tuple[str, int, int]] = set()
+
+
+def _file_identity(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path), st.st_ino, st.st_size
+
+
 def prune_packs(cache_dir: Path, *, older_than_s: float) -> int:
     """Delete packs unused for `older_than_s` seconds under every backbone key; returns how many.
 
-    Packs duplicate their entries (one per ordered image list, e.g. per contamination split), so a
-    long sweep accumulates them; entries are kept. A process that still has a deleted pack mapped keeps
+    Packs duplicate their entries (one per ordered image list: a category's, plus one per split that
+    holds images outside it, e.g. augmented copies), so a long sweep can accumulate them; entries
+    are kept. A process that still has a deleted pack mapped keeps
     reading it safely (POSIX unlink semantics); the next request simply rebuilds it from the entries.
     """
     cutoff = time.time() - older_than_s

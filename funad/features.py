@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from funad.backbones import (
 from funad.data.images import image_size, load_mask, load_rgb
 from funad.data.records import ImageRecord
 from funad.feature_cache import FeatureCache, entry_key, prune_packs
-from funad.featureset import FeatureSet
+from funad.featureset import FeatureSet, PackRows
 
 __all__ = [
     "BackboneConfig",
@@ -218,11 +219,42 @@ def _compute(
         bar.close()
 
 
+def _open_or_build_pack(
+    cache: FeatureCache,
+    records: Sequence[ImageRecord],
+    keys: list[str],
+    cfg: BackboneConfig,
+    bkey: str,
+    device: str | torch.device | None,
+    batch_size: int,
+    progress: bool,
+    num_workers: int,
+    verify_checksums: bool,
+) -> np.memmap:
+    """The pack of `keys` (in order), after computing the entries that are missing."""
+    pack = cache.open_pack(keys, verify_checksum=verify_checksums)
+    if pack is not None:
+        return pack
+    todo: dict[str, ImageRecord] = {}
+    for r, k in zip(records, keys, strict=True):
+        if k not in todo and cache.read_entry(k, verify_checksum=verify_checksums) is None:
+            todo[k] = r
+    if todo:
+        _compute(list(todo.values()), list(todo), cfg, bkey, cache, _resolve_device(device),
+                 batch_size, progress, num_workers)
+    cache.build_pack(keys)
+    pack = cache.open_pack(keys, verify_checksum=False)
+    if pack is None:
+        raise RuntimeError(f"{cache.root}: feature pack could not be reopened after writing it")
+    return pack
+
+
 def extract_features(
     records: Sequence[ImageRecord],
     cfg: BackboneConfig,
     cache_dir: Path,
     *,
+    within: Sequence[ImageRecord] | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 16,
     progress: bool = True,
@@ -233,6 +265,10 @@ def extract_features(
 
     Returns a FeatureSet whose cls [N, C] and patches [N, H, W, C] are read-only fp16 views into one
     memory-mapped pack file; labels come from record.label, masks are None (see load_masks).
+    within: a superset of `records` (a split's whole category, as the features stage packs it):
+    the arrays are then `PackRows` of THAT pack (or plain views where the rows are one run), so
+    every split of a category shares one file instead of writing its own pack. Records outside
+    `within` (e.g. augmented copies) fall back to a pack of exactly `records`.
     verify_checksums=False skips the sha256 check of entries and packs (shape/dtype are always checked).
     """
     records = list(records)
@@ -245,25 +281,32 @@ def extract_features(
     if not records:
         return FeatureSet(ids, np.zeros((0, c), np.float16), np.zeros((0, gh, gw, c), np.float16), labels)
 
-    keys = [entry_key(r.path, r.augment) for r in records]
-    pack = cache.open_pack(keys, verify_checksum=verify_checksums)
-    if pack is None:
-        todo: dict[str, ImageRecord] = {}
-        for r, k in zip(records, keys, strict=True):
-            if k not in todo and cache.read_entry(k, verify_checksum=verify_checksums) is None:
-                todo[k] = r
-        if todo:
-            _compute(list(todo.values()), list(todo), cfg, bkey, cache, _resolve_device(device),
-                     batch_size, progress, num_workers)
-        cache.build_pack(keys)
-        pack = cache.open_pack(keys, verify_checksum=False)
-        if pack is None:
-            raise RuntimeError(f"{cache.root}: feature pack could not be reopened after writing it")
-    n = len(records)
-    return FeatureSet(
-        image_ids=ids,
-        cls=pack[:, 0, :],
-        patches=pack[:, 1:, :].reshape(n, gh, gw, c),
-        labels=labels,
-        masks=None,
-    )
+    build = (cfg, bkey, device, batch_size, progress, num_workers, verify_checksums)
+    known: dict[tuple[Any, Any], str] = {}
+    if within is not None:
+        within = list(within)
+        wkeys = [entry_key(r.path, r.augment) for r in within]
+        known = {(r.path, r.augment): k for r, k in zip(within, wkeys, strict=True)}
+    keys = [known.get((r.path, r.augment)) or entry_key(r.path, r.augment) for r in records]
+    if within is not None:
+        first = {k: i for i, k in reversed(list(enumerate(wkeys)))}
+        if all(k in first for k in keys):
+            pack = _open_or_build_pack(cache, within, wkeys, *build)
+            rows = np.asarray([first[k] for k in keys], dtype=np.int64)
+            return _feature_set(ids, pack, rows, labels, (gh, gw, c))
+    pack = _open_or_build_pack(cache, records, keys, *build)
+    return _feature_set(ids, pack, np.arange(len(records)), labels, (gh, gw, c))
+
+
+def _feature_set(
+    ids: list[str], pack: np.memmap, rows: np.ndarray, labels: np.ndarray, grid: tuple[int, int, int]
+) -> FeatureSet:
+    """FeatureSet of the pack's `rows`: plain memmap views when they are one ascending run."""
+    gh, gw, c = grid
+    cls = pack[:, 0, :]
+    patches = pack[:, 1:, :].reshape(pack.shape[0], gh, gw, c)
+    start = int(rows[0])
+    if np.array_equal(rows, np.arange(start, start + len(rows))):
+        stop = start + len(rows)
+        return FeatureSet(ids, cls[start:stop], patches[start:stop], labels)
+    return FeatureSet(ids, PackRows(cls, rows), PackRows(patches, rows), labels)

@@ -1,14 +1,69 @@
 """The in-memory view of cached backbone features that every method consumes.
 
-Arrays may be read-only memory maps of the on-disk cache: methods must never write into them,
-and should convert only the slices they need (so N concurrent trials share one page-cached copy).
+Arrays may be read-only memory maps of the on-disk cache, or `PackRows` (a split's rows of the
+category's memory map): methods must never write into them, and should convert only the slices
+they need (so N concurrent trials share one page-cached copy).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+
+class PackRows:
+    """Rows `rows` of the array `base` (a read-only memory map), gathered only when read.
+
+    A contamination split is a scattered subset of a category's images. Every split reads the ONE
+    category pack through its own row list, so concurrent trials of different ratios and seeds share
+    the same page-cached file, and the cache holds no per-split copy. Indexing (an int, a slice or
+    an index array on the first axis, optionally followed by more indices) returns an ordinary
+    array of just those rows; `np.asarray` gathers every row (a copy: avoid on large pools).
+    """
+
+    def __init__(self, base: np.ndarray, rows: np.ndarray | list[int]) -> None:
+        self.base = base
+        self.rows = np.asarray(rows, dtype=np.int64)
+        if self.rows.ndim != 1:
+            raise ValueError(f"PackRows: rows must be 1-D, got shape {self.rows.shape}")
+        if self.rows.size and (self.rows.min() < 0 or self.rows.max() >= base.shape[0]):
+            raise ValueError(f"PackRows: rows outside 0..{base.shape[0] - 1}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (int(self.rows.shape[0]), *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        picked = self.rows[first]
+        out = self.base[picked]
+        if not rest:
+            return out
+        return out[rest] if np.ndim(picked) == 0 else out[(slice(None), *rest)]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.base[self.rows]
+        return out if dtype is None else out.astype(dtype)
+
+    def reshape(self, *shape: Any) -> PackRows:
+        """Reshape the per-row dimensions; the first dimension must stay the number of rows."""
+        dims = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], tuple) else tuple(shape)
+        if dims[0] not in (-1, len(self)):
+            raise ValueError(f"PackRows.reshape: the first dimension must stay {len(self)}, got {dims}")
+        return PackRows(self.base.reshape(self.base.shape[0], *dims[1:]), self.rows)
 
 
 @dataclass
@@ -16,9 +71,11 @@ class FeatureSet:
     """Features of N images from one backbone.
 
     image_ids: N stable ids (ImageRecord.image_id), in order.
-    cls:       [N, C] float16, the global ("CLS") descriptor of each image (ViT CLS token after the
-               final norm; for a CNN the global mean of the same feature map).
-    patches:   [N, H, W, C] float16 patch tokens on the backbone's grid (e.g. 28x28).
+    cls:       [N, C] float16 (np.ndarray or PackRows), the global ("CLS") descriptor of each
+               image (ViT CLS token after the final norm; for a CNN the global mean of the same
+               feature map).
+    patches:   [N, H, W, C] float16 (np.ndarray or PackRows) patch tokens on the backbone's grid
+               (e.g. 28x28).
     labels:    [N] int8 ground truth, 0 normal / 1 anomalous. For the training pool this marks the
                injected images and is for diagnostics ONLY: no method may train on it.
     masks:     [N, S, S] bool ground-truth masks at the evaluation size S (224), or None
@@ -57,8 +114,13 @@ class FeatureSet:
         idx = np.asarray(index, dtype=np.int64)
         return FeatureSet(
             image_ids=[self.image_ids[i] for i in idx],
-            cls=self.cls[idx],
-            patches=self.patches[idx],
+            cls=_rows_of(self.cls, idx),
+            patches=_rows_of(self.patches, idx),
             labels=self.labels[idx],
             masks=None if self.masks is None else self.masks[idx],
         )
+
+
+def _rows_of(a: np.ndarray | PackRows, idx: np.ndarray) -> np.ndarray | PackRows:
+    """a[idx], staying a shared view (PackRows) where a is one."""
+    return PackRows(a.base, a.rows[idx]) if isinstance(a, PackRows) else a[idx]

@@ -189,8 +189,9 @@ def run_cell(
     cache = Path(feature_cache)
 
     t0 = time.perf_counter()
-    train = features.extract_features(split.train, bcfg, cache, device=device, progress=False)
-    test = features.extract_features(split.test, bcfg, cache, device=device, progress=False)
+    # both splits read the category's one pack (the features stage builds it from the same records)
+    train = features.extract_features(split.train, bcfg, cache, within=records, device=device, progress=False)
+    test = features.extract_features(split.test, bcfg, cache, within=records, device=device, progress=False)
     # extract_features takes labels from the records: the pool's mark the injected images (diagnostics
     # only), the test labels are the truth.
     masks = features.load_masks(split.test, bcfg) if pixel_level else None

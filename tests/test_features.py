@@ -39,6 +39,7 @@ from funad.features import (
     preprocess,
     prune_packs,
 )
+from funad.featureset import PackRows
 
 REPO = Path(__file__).resolve().parents[1]
 # Small inputs keep the cache tests fast; the grid is then 8x8 for the default layers (stride 8).
@@ -471,3 +472,54 @@ def test_border_context_rules() -> None:
 
     assert "border_context" not in backbone_dict({"name": "tf_efficientnet_lite0"})
     assert backbone_dict({"name": "tf_efficientnet_lite0", "border_context": True})["border_context"] is True
+
+
+def test_splits_read_the_category_pack_through_row_lists(photos: list[ImageRecord], tmp_path: Path) -> None:
+    """within=category: a scattered split is PackRows of the ONE category pack (no pack of its own),
+    a contiguous split is a plain memmap slice of it, and both hold the same values as the
+    split's own pack; a record outside the category falls back to a pack of its own."""
+    category = photos[:5]
+    whole = extract_features(category, SMALL, tmp_path, progress=False)
+    packs = tmp_path / backbone_key(SMALL) / "packs"
+    before = sorted(packs.glob("*.npy"))
+    assert len(before) == 1
+    n0 = forward_count()
+    split = [category[3], category[0], category[4]]
+    fs = extract_features(split, SMALL, tmp_path, within=category, progress=False)
+    run = extract_features(category[1:4], SMALL, tmp_path, within=category, progress=False)
+    assert forward_count() == n0 and sorted(packs.glob("*.npy")) == before  # no new pack
+    assert isinstance(fs.patches, PackRows) and isinstance(fs.cls, PackRows)
+    assert isinstance(run.patches, np.memmap) and run.patches.filename == whole.patches.filename
+    assert fs.patches.shape == (3, 8, 8, 152) and fs.cls.shape == (3, 152) and fs.grid == (8, 8)
+    assert fs.labels.tolist() == [r.label for r in split] and fs.image_ids == [r.image_id for r in split]
+    own = extract_features(split, SMALL, tmp_path / "own", progress=False)  # a separate cache
+    np.testing.assert_array_equal(np.asarray(fs.patches), np.asarray(own.patches))
+    np.testing.assert_array_equal(np.asarray(fs.cls), np.asarray(own.cls))
+    np.testing.assert_array_equal(np.asarray(run.patches), np.asarray(whole.patches[1:4]))
+    # subset stays a shared view
+    sub = fs.subset([2, 0])
+    assert isinstance(sub.patches, PackRows) and sub.image_ids == [split[2].image_id, split[0].image_id]
+    np.testing.assert_array_equal(np.asarray(sub.patches), np.asarray(own.patches)[[2, 0]])
+    # an augmented copy is not in the category pack: that split gets its own pack
+    aug = _rec(category[0].path, augment=7)
+    n1 = forward_count()
+    mixed = extract_features([category[1], aug], SMALL, tmp_path, within=category, progress=False)
+    assert forward_count() == n1 + 1 and len(list(packs.glob("*.npy"))) == 2
+    assert isinstance(mixed.patches, np.memmap)
+
+
+def test_pack_rows_index_like_the_gathered_array() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(9, 4, 3)).astype(np.float16)
+    rows = np.array([7, 2, 2, 5, 0])
+    pr, ref = PackRows(base, rows), base[rows]
+    assert pr.shape == ref.shape and len(pr) == 5 and pr.dtype == np.float16 and pr.ndim == 3
+    for key in (3, slice(1, 4), slice(None, None, 2), np.array([4, 0]), (slice(0, 3), 1), (2, 1, 0)):
+        np.testing.assert_array_equal(pr[key], ref[key])
+    np.testing.assert_array_equal(np.asarray(pr), ref)
+    np.testing.assert_array_equal(np.array(pr, dtype=np.float32), ref.astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(pr.reshape(5, 12)), ref.reshape(5, 12))
+    with pytest.raises(ValueError, match="first dimension"):
+        pr.reshape(9, 12)
+    with pytest.raises(ValueError, match="outside"):
+        PackRows(base, [0, 9])

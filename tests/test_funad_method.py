@@ -8,7 +8,7 @@ import torch
 from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
 
-from funad.featureset import FeatureSet
+from funad.featureset import FeatureSet, PackRows
 from funad.knn import faiss_available
 from funad.methods import FitContext, create_method, default_settings
 from funad.methods.funad import DIAG_KEYS, FunAD, FunADSettings
@@ -216,3 +216,19 @@ def test_unseeded_init_differs_between_runs_even_after_global_seeding(
 
     assert np.array_equal(scores(), scores())
     assert not np.array_equal(scores(unseeded_init=True), scores(unseeded_init=True))
+
+
+@pytest.mark.parametrize("params", [{}, {"bank_every": 2}], ids=["fused", "bank_every=2"])
+def test_pool_read_through_pack_rows_trains_identically(test_set: FeatureSet, params: dict) -> None:
+    """A split given as rows of a larger (read-only) category array trains and scores exactly as
+    the same rows gathered into arrays of their own."""
+    category = _featureset(30, [3, 17], seed=6, readonly=True)
+    rows = np.array([17, 0, 5, 3, 29, 11, 8, 2, 21, 14, 9, 26, 1, 19, 6, 23, 12, 4, 27, 15])
+    gathered = category.subset(rows)
+    shared = FeatureSet(
+        gathered.image_ids, PackRows(category.cls, rows), PackRows(category.patches, rows), gathered.labels
+    )
+    m1, s1 = _fit_score(gathered, test_set, epochs=2, **params)
+    m2, s2 = _fit_score(shared, test_set, epochs=2, **params)
+    assert np.array_equal(s1, s2)
+    assert [h["loss"] for h in m1.history] == [h["loss"] for h in m2.history]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,12 @@ def test_patchcore_cell(tree: Path, cache: Path) -> None:
     # same cell, same numbers (features now come from the cache)
     again = run_cell(cfg, feature_cache=cache, device="cpu")
     assert again.metrics == out.metrics and again.scores == out.scores
+
+    # another split of the category (new seed and ratio) reads the same category pack: the cache
+    # holds one pack for bottle, not one per split
+    other = run_cell(dataclasses.replace(cfg, seed=4, ratio=0.1), feature_cache=cache, device="cpu")
+    assert other.split.injected_ids != s.injected_ids
+    assert len(list(cache.glob("*/packs/*.npy"))) == 1
 
 
 def test_funad_cell_with_oracle_evaluation(tree: Path, cache: Path) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from funad.featureset import FeatureSet
+from funad.featureset import FeatureSet, PackRows
 from funad.maps import grid_to_maps
 from funad.methods import irmb, register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores
@@ -123,6 +123,37 @@ class FunADSettings(MethodSettings):
         if self.rerank < self.k:
             raise ValueError(f"need rerank >= k, got rerank={self.rerank}, k={self.k}")
         return self
+
+
+class _Rows:
+    """The torch side of a `PackRows` pool: rows `rows` of `base`, gathered on indexing.
+
+    Supports what score_pool and _iteration use (shape, [slice], [index tensor]); every read is a
+    gather into a new tensor, so the shared memory-mapped pack is never copied whole.
+    """
+
+    def __init__(self, base: torch.Tensor, rows: torch.Tensor) -> None:
+        self.base, self.rows = base, rows
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.rows.shape[0], *self.base.shape[1:]))
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def __getitem__(self, key: slice | torch.Tensor) -> torch.Tensor:
+        return self.base[self.rows[key]]
+
+
+def _pool_tensor(a: np.ndarray | PackRows, dev: torch.device) -> torch.Tensor | _Rows:
+    """The pool's features for training: a shared view on the CPU (see `_read_only_tensor`)."""
+    if isinstance(a, PackRows):
+        if dev.type == "cpu":
+            return _Rows(_read_only_tensor(a.base, dev), torch.from_numpy(a.rows))
+        return torch.from_numpy(np.asarray(a)).to(dev)  # the one host->device copy
+    return _read_only_tensor(a, dev)
 
 
 def _read_only_tensor(a: np.ndarray, dev: torch.device) -> torch.Tensor:
@@ -232,8 +263,8 @@ class FunAD(Method):
         net = LocalNet(dim, init_gen).to(dev)
         self._net = net
         gen = torch.Generator(device=dev).manual_seed(ctx.seed + _TRAIN_SEED_OFFSET)
-        cls = _read_only_tensor(train.cls, dev)
-        patches = _read_only_tensor(train.patches.reshape(n, n_patch, c), dev)
+        cls = _pool_tensor(train.cls, dev)
+        patches = _pool_tensor(train.patches.reshape(n, n_patch, c), dev)
         injected = torch.from_numpy(np.asarray(train.labels) > 0).to(dev)  # diagnostics ONLY
         opt = torch.optim.RMSprop(net.parameters(), lr=s.lr, momentum=s.momentum)
 

@@ -547,11 +547,13 @@ def _merge_block(
         line = torch.arange(lines, device=d.device) if every else sel
         cand = torch.take(d, line[:, None] * n + members if dim == 1 else members * lines + line[:, None])
     rows: torch.Tensor | slice = slice(s, e) if every else sel + s
-    v = torch.cat([top.vals[rows], cand.float()], dim=1)
-    i = torch.cat([top.idx[rows], members + offset], dim=1)
-    best = torch.topk(v, kq, dim=1, largest=False, sorted=False)
+    merged = torch.cat([top.vals[rows], cand.float()], dim=1)
+    best = torch.topk(merged, kq, dim=1, largest=False, sorted=False)
+    pick = best.indices  # < kq: a running entry; >= kq: member pick - kq of this block
+    fresh = members.gather(1, (pick - kq).clamp_(min=0)).add_(offset)
+    kept = top.idx[rows].gather(1, pick.clamp(max=kq - 1))
     top.vals[rows] = best.values
-    top.idx[rows] = i.gather(1, best.indices)
+    top.idx[rows] = torch.where(pick >= kq, fresh, kept)
 
 
 def _symmetric_candidates(
