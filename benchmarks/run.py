@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from benchmarks.irmb_bench import CPU_SHAPES, run_irmb_bench
+from benchmarks.memory_bench import run_memory_bench
 from benchmarks.sweep_bench import KEYS as SWEEP_KEYS
 from benchmarks.sweep_bench import run_sweep_bench
 
@@ -49,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny shapes (a smoke test of the benchmark)")
     p.add_argument("--no-smoke", action="store_true", help="overhead of the 2-cell sweep, not smoke.yaml")
     p.add_argument("--compare-fp32", action="store_true", help="also time the row-wise fp32 search")
+    p.add_argument(
+        "--skip-memory", action="store_true", help="do not run the memory benchmark at ViT-B/8 feature sizes"
+    )
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     shapes = {"pool": 10, "batch": 4, "patches": 16, "channels": 32} if args.tiny else dict(CPU_SHAPES)
@@ -67,6 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.update({**dict.fromkeys(SWEEP_KEYS), "reason": "skipped (--skip-sweep)"})
     else:
         result.update(run_sweep_bench(smoke=not args.no_smoke))
+    if args.skip_memory or args.tiny:
+        result["feature_copies_per_extra_trial"] = None
+        result["memory_vit_sizes"] = {"reason": "skipped (--skip-memory or --tiny)"}
+    else:
+        # ViT-B/8-sized features (1.2 MB per image): one extra concurrent trial must add no copy of
+        # them; PatchCore with a 64-wide embedding (a small working set of its own) and FUN-AD
+        mem = run_memory_bench(methods=("patchcore_embed64", "funad"))
+        result["feature_copies_per_extra_trial"] = mem.get("feature_copies_per_extra_trial")
+        result["memory_vit_sizes"] = mem
     result["bench_wall_s"] = time.perf_counter() - t0
     print(json.dumps(result, default=float))
     return 0

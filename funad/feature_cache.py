@@ -180,14 +180,19 @@ class FeatureCache:
             return None
         if meta.get("shape") != list(shape) or meta.get("keys") != list(keys):
             return None
-        if verify_checksum:
-            ident = _file_identity(data_path)
-            if ident not in _VERIFIED_PACKS:
-                if meta.get("sha256") != _sha256_array(arr):
-                    return None
-                _VERIFIED_PACKS.add(ident)
+        ident = _file_identity(data_path)
+        if verify_checksum and ident not in _VERIFIED_PACKS:
+            if meta.get("sha256") != _sha256_array(arr):
+                return None
+            _VERIFIED_PACKS.add(ident)
         with contextlib.suppress(OSError):
             os.utime(data_path)  # mtime = last use, for prune_packs
+        # one mapping per pack and process: the train and test views of a category (and the next
+        # cell of a reused worker) share it, so touched pages count once in this process's RSS
+        arr = _OPEN_PACKS.pop(ident, arr)
+        _OPEN_PACKS[ident] = arr
+        while len(_OPEN_PACKS) > _OPEN_PACKS_MAX:
+            _OPEN_PACKS.pop(next(iter(_OPEN_PACKS)))
         return arr
 
     def build_pack(self, keys: Sequence[str]) -> None:
@@ -224,6 +229,9 @@ class FeatureCache:
 #: atomically (a new inode), so a split that reads its category's pack again (the test split after
 #: the train split, the next cell of a reused worker) does not hash the whole file again
 _VERIFIED_PACKS: set[tuple[str, int, int]] = set()
+#: the memmaps this process has open, most recently used last (at most _OPEN_PACKS_MAX)
+_OPEN_PACKS: dict[tuple[str, int, int], np.memmap] = {}
+_OPEN_PACKS_MAX = 8
 
 
 def _file_identity(path: Path) -> tuple[str, int, int]:

@@ -523,3 +523,19 @@ def test_pack_rows_index_like_the_gathered_array() -> None:
         pr.reshape(9, 12)
     with pytest.raises(ValueError, match="outside"):
         PackRows(base, [0, 9])
+
+
+def test_one_mapping_per_pack_and_process(photos: list[ImageRecord], tmp_path: Path) -> None:
+    """The train and test views of a category share one memory map (pages count once in RSS)."""
+    category = photos[:5]
+    a = extract_features(category[:2] + category[3:4], SMALL, tmp_path, within=category, progress=False)
+    b = extract_features(category[2:3] + category[4:], SMALL, tmp_path, within=category, progress=False)
+    assert isinstance(a.patches, PackRows) and isinstance(b.patches, PackRows)
+    base_a, base_b = a.patches.base, b.patches.base
+    while base_a.base is not None and isinstance(base_a.base, np.ndarray):
+        base_a = base_a.base
+    while base_b.base is not None and isinstance(base_b.base, np.ndarray):
+        base_b = base_b.base
+    assert base_a is base_b
+    maps = [ln for ln in Path("/proc/self/maps").read_text().splitlines() if str(tmp_path) in ln]
+    assert len({ln.split()[-1] for ln in maps}) == 1 and len(maps) == 1

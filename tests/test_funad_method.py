@@ -232,3 +232,18 @@ def test_pool_read_through_pack_rows_trains_identically(test_set: FeatureSet, pa
     m2, s2 = _fit_score(shared, test_set, epochs=2, **params)
     assert np.array_equal(s1, s2)
     assert [h["loss"] for h in m1.history] == [h["loss"] for h in m2.history]
+
+
+def test_bf16_band_rows_are_padded_to_few_shapes() -> None:
+    """Under bf16 autocast oneDNN keeps a kernel per shape: the band's varying row count is padded
+    to at most 4 sizes per power of two (< n/2 extra rows), with zero rows appended."""
+    from funad.methods.funad import _bucket_rows
+
+    sizes = set()
+    for n in range(1, 5001):
+        out = _bucket_rows(torch.ones(n, 3))
+        m = out.shape[0]
+        assert n <= m < n + max(1, n / 2) and torch.equal(out[:n], torch.ones(n, 3))
+        assert not out[n:].any()
+        sizes.add(m)
+    assert len(sizes) <= 4 * 13 + 1  # 2^12 < 5000 <= 2^13

@@ -156,6 +156,21 @@ def _pool_tensor(a: np.ndarray | PackRows, dev: torch.device) -> torch.Tensor | 
     return _read_only_tensor(a, dev)
 
 
+def _bucket_rows(x: torch.Tensor) -> torch.Tensor:
+    """x [n, D] padded with zero rows to one of at most 4 sizes per power of two (< n/2 extra).
+
+    The band's row count changes every iteration; under bf16 autocast on the CPU, oneDNN keeps a
+    kernel (with a bf16 copy of the weights, ~8 MB here) per input shape, which grew the process
+    by ~10 MB per iteration (measured). Padding to buckets bounds the number of shapes (the band
+    is a small part of the batch, so the padded FLOPs are too); the padded rows' outputs are
+    dropped, so they get no gradient and change nothing.
+    """
+    n = x.shape[0]
+    step = max(1, (1 << (n - 1).bit_length()) // 4)
+    size = -(-n // step) * step
+    return x if size == n else torch.cat([x, x.new_zeros((size - n, x.shape[1]))])
+
+
 def _read_only_tensor(a: np.ndarray, dev: torch.device) -> torch.Tensor:
     """The pool's features as a tensor: on the CPU a view of the (memory-mapped, read-only) array.
 
@@ -413,7 +428,10 @@ class FunAD(Method):
             with autocast:
                 z = net.adapt_split(cls_b, pat_b).reshape(n_rows, dim)
                 logits_clean = net.head_logits(z)
-                logits_noised = net.head_logits(net.adapt(x_noised)) if noised.numel() else None
+                logits_noised = None
+                if noised.numel():
+                    x_in = _bucket_rows(x_noised) if s.train_precision == "bf16" else x_noised
+                    logits_noised = net.head_logits(net.adapt(x_in))[: noised.numel()]
             logits_clean = logits_clean.float()
             logits_in = (
                 logits_clean.index_put((noised,), logits_noised.float())
