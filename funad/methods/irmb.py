@@ -487,13 +487,19 @@ class _RunningTopK:
         """Local indices of rows s..e whose block minimum is below their current k-th key."""
         return torch.nonzero(block_min.float() < self.vals[s:e].amax(dim=1), as_tuple=True)[0]
 
-    def add(self, rows: torch.Tensor | slice, vals: torch.Tensor, idx: torch.Tensor) -> None:
-        """Merge candidates [n, j] (j <= k) of the given rows (indices, or a slice: no gather)."""
-        v = torch.cat([self.vals[rows], vals.float()], dim=1)
-        i = torch.cat([self.idx[rows], idx], dim=1)
-        best = torch.topk(v, self.k, dim=1, largest=False, sorted=False)
+    def add(
+        self, rows: torch.Tensor | slice, vals: torch.Tensor, idx: torch.Tensor, offset: int = 0
+    ) -> None:
+        """Merge candidates vals [n, j] at columns idx + offset into the given rows (indices, or a
+        slice: no gather). Only the k picked indices get the offset added, not all j."""
+        k = self.k
+        merged = torch.cat([self.vals[rows], vals.float()], dim=1)
+        best = torch.topk(merged, k, dim=1, largest=False, sorted=False)
+        pick = best.indices  # < k: a running entry; >= k: candidate pick - k
+        fresh = idx.gather(1, (pick - k).clamp_(min=0)).add_(offset)
+        kept = self.idx[rows].gather(1, pick.clamp(max=k - 1))
         self.vals[rows] = best.values
-        self.idx[rows] = i.gather(1, best.indices)
+        self.idx[rows] = torch.where(pick >= k, fresh, kept)
 
     def merged(self, other: _RunningTopK) -> tuple[torch.Tensor, torch.Tensor]:
         """The k smallest of the union of two running sets (same rows)."""
@@ -524,9 +530,9 @@ def _merge_block(
             vals, idx = vals.T, idx.T
         sel = top.improvable(s, e, vals.amin(dim=1))
         if sel.numel() == e - s:
-            top.add(slice(s, e), vals, idx + offset)
+            top.add(slice(s, e), vals, idx, offset)
         elif sel.numel():
-            top.add(sel + s, vals[sel], idx[sel] + offset)
+            top.add(sel + s, vals[sel], idx[sel], offset)
         return
     width = n // _GROUP
     if dim == 1:
@@ -546,14 +552,7 @@ def _merge_block(
     else:  # flat positions in the contiguous block d of (line, member)
         line = torch.arange(lines, device=d.device) if every else sel
         cand = torch.take(d, line[:, None] * n + members if dim == 1 else members * lines + line[:, None])
-    rows: torch.Tensor | slice = slice(s, e) if every else sel + s
-    merged = torch.cat([top.vals[rows], cand.float()], dim=1)
-    best = torch.topk(merged, kq, dim=1, largest=False, sorted=False)
-    pick = best.indices  # < kq: a running entry; >= kq: member pick - kq of this block
-    fresh = members.gather(1, (pick - kq).clamp_(min=0)).add_(offset)
-    kept = top.idx[rows].gather(1, pick.clamp(max=kq - 1))
-    top.vals[rows] = best.values
-    top.idx[rows] = torch.where(pick >= kq, fresh, kept)
+    top.add(slice(s, e) if every else sel + s, cand, members, offset)
 
 
 def _symmetric_candidates(
