@@ -15,7 +15,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -282,13 +281,10 @@ def extract_features(
         return FeatureSet(ids, np.zeros((0, c), np.float16), np.zeros((0, gh, gw, c), np.float16), labels)
 
     build = (cfg, bkey, device, batch_size, progress, num_workers, verify_checksums)
-    known: dict[tuple[Any, Any], str] = {}
+    keys = [entry_key(r.path, r.augment) for r in records]  # memoised: within costs no second read
     if within is not None:
         within = list(within)
         wkeys = [entry_key(r.path, r.augment) for r in within]
-        known = {(r.path, r.augment): k for r, k in zip(within, wkeys, strict=True)}
-    keys = [known.get((r.path, r.augment)) or entry_key(r.path, r.augment) for r in records]
-    if within is not None:
         first = {k: i for i, k in reversed(list(enumerate(wkeys)))}
         if all(k in first for k in keys):
             pack = _open_or_build_pack(cache, within, wkeys, *build)

@@ -531,11 +531,25 @@ def test_one_mapping_per_pack_and_process(photos: list[ImageRecord], tmp_path: P
     a = extract_features(category[:2] + category[3:4], SMALL, tmp_path, within=category, progress=False)
     b = extract_features(category[2:3] + category[4:], SMALL, tmp_path, within=category, progress=False)
     assert isinstance(a.patches, PackRows) and isinstance(b.patches, PackRows)
-    base_a, base_b = a.patches.base, b.patches.base
-    while base_a.base is not None and isinstance(base_a.base, np.ndarray):
-        base_a = base_a.base
-    while base_b.base is not None and isinstance(base_b.base, np.ndarray):
-        base_b = base_b.base
-    assert base_a is base_b
+    # two mappings of one file would be two address ranges: the views must share memory
+    assert np.shares_memory(a.patches.base, b.patches.base)
     maps = [ln for ln in Path("/proc/self/maps").read_text().splitlines() if str(tmp_path) in ln]
     assert len({ln.split()[-1] for ln in maps}) == 1 and len(maps) == 1
+
+
+def test_entry_key_follows_the_file_content(tmp_path: Path) -> None:
+    """entry_key is memoised per (path, size, mtime): a rewritten image gets the key of its new
+    bytes, and the key equals the plain sha256 of bytes + augment suffix."""
+    import hashlib
+    import os
+
+    p = tmp_path / "x.png"
+    p.write_bytes(b"first image bytes")
+    first = entry_key(p, None)
+    assert first == hashlib.sha256(b"first image bytes\0augment:none").hexdigest()
+    assert entry_key(p, None) == first
+    p.write_bytes(b"second, longer image bytes")
+    os.utime(p, ns=(1, 2))  # a different mtime too
+    assert entry_key(p, None) == hashlib.sha256(b"second, longer image bytes\0augment:none").hexdigest()
+    want = hashlib.sha256(b"second, longer image bytes\0augment:3").hexdigest()
+    assert entry_key(tmp_path / "." / "x.png", 3) == want
