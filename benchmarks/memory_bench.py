@@ -9,8 +9,8 @@ category's: ViT-B/8 DINO at 224 px, [1 + 28*28, 768] fp16 = 1.2 MB per image, n_
 
 How: a `folder` dataset of tiny random PNGs is written to disk and the feature cache is filled for it
 with the real cache code (entries for the images' content keys, with structured fp16 features:
-prototypes + noise), then the packs that the features stage and the trials open are built by
-funad.features.extract_features itself; no backbone weights are needed (the extractor is only built
+prototypes + noise), then the category's pack, which the features stage and every trial open, is
+built by funad.features.extract_features itself; no backbone weights are needed (the extractor is only built
 for a missing entry) and the sweep must print "features: 0 backbone forwards". Then the REAL sweep CLI
 (`python -m harness.sweep`, via sweep_bench.run_sweep) runs each method config three times: 2 cells
 (seeds 0 and 1, contamination ratio 0.1, so each split is a scattered subset of the category, as in
@@ -80,11 +80,11 @@ CATEGORY = "noise"
 CATEGORY_HALF = "noise_half"
 #: method configs: name -> (registered method, settings). Small knobs only keep a cell short on 2 CPUs:
 #: FUN-AD does one epoch with small batches, one pool pass (bank_every) and a small bank, with the pool
-#: scoring and searches in bf16 (z_buf is bf16). Its training step stays fp32: with train_precision
-#: bf16 the CPU process grows by ~10 MB per training iteration whatever the batch size (mostly oneDNN's
-#: primitive cache: the band/pair row counts change every iteration), which at one epoch grows with n
-#: and would read as feature copies here. PatchCore keeps a 1 % coreset (the paper's low end) instead
-#: of 10 %, which only shrinks the bank and the greedy loop, not the aggregated pool.
+#: scoring and searches in bf16 (z_buf is bf16). Its training step stays fp32 (the default): under
+#: bf16 autocast oneDNN keeps a kernel per band size, bounded since FunAD pads the band rows
+#: (funad.methods.funad._bucket_rows) but still a per-process cost that is not features.
+#: PatchCore keeps a 1 % coreset (the paper's low end) instead of 10 %, which only shrinks the bank
+#: and the greedy loop, not the aggregated pool.
 #: patchcore_embed64 shrinks the method's own working set (pool width 64) so a copy would stand out.
 METHOD_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "patchcore": ("patchcore", {"coreset_ratio": 0.01}),
@@ -382,21 +382,17 @@ def populate_cache(
     category: str = CATEGORY,
     seed: int = 0,
     build_packs: bool = True,
-    ratio: float = 0.1,
-    split_seeds: Sequence[int] = (0, 1),
 ) -> dict[str, Any]:
     """Fill the real feature cache for every image of a folder category, without any backbone.
 
     Writes one entry per image (FeatureCache.write_entry under entry_key(path, None)), then, when
-    build_packs, lets extract_features build the category's pack (what the features stage opens,
-    and what trials read their splits from) and, for code that packs each split on its own, the
-    train and test packs of the contamination splits the cells draw (`ratio`, `split_seeds`, as
-    funad.run.run_cell draws them), so no trial writes a pack while another reads it. Raises if that
-    made a single backbone forward.
+    build_packs, lets extract_features build the category's pack: what the features stage opens
+    and what every trial reads its split from (funad.run.run_cell, `within=`). No split pack is
+    built here, so a trial that wrote its own would show up as a second mapped file. Raises if
+    that made a single backbone forward.
     """
     from funad import features
     from funad.backbones import backbone_key, feature_dim, key_description
-    from funad.data.contamination import contaminate
     from funad.feature_cache import FeatureCache, entry_key
     from funad.run import backbone_config, open_dataset
 
@@ -417,14 +413,9 @@ def populate_cache(
     packs: dict[str, float] = {}
     if build_packs:
         before = features.forward_count()
-        lists = {"category": records}
-        for s in split_seeds:
-            split = contaminate(records, ratio=ratio, seed=s, key=f"folder/{category}")
-            lists[f"seed{s}_train"], lists[f"seed{s}_test"] = split.train, split.test
-        for name, recs in lists.items():
-            features.extract_features(recs, cfg, Path(cache_dir), progress=False)
-            keys = [entry_key(r.path, None) for r in recs]
-            packs[f"{name}_pack_mb"] = cache.pack_paths(cache.pack_key(keys))[0].stat().st_size / MB
+        features.extract_features(records, cfg, Path(cache_dir), progress=False)
+        keys = [entry_key(r.path, None) for r in records]
+        packs["category_pack_mb"] = cache.pack_paths(cache.pack_key(keys))[0].stat().st_size / MB
         made = features.forward_count() - before
         if made:
             raise RuntimeError(f"populate_cache: extract_features made {made} backbone forwards")
@@ -760,7 +751,7 @@ def run_memory_bench(
     try:
         for seed, (cat, (ntr, nte)) in enumerate(sizes.items()):
             counts[cat] = write_dataset(tmp / "data", ntr, nte, category=cat, seed=seed)
-            cache[cat] = populate_cache(tmp / "data", tmp / "features", category=cat, seed=seed, ratio=ratio)
+            cache[cat] = populate_cache(tmp / "data", tmp / "features", category=cat, seed=seed)
     except Exception as exc:
         return {**base, "reason": f"dataset / cache preparation failed: {exc!r}"}
     feats_mb = cache[CATEGORY]["category_features_mb"]
