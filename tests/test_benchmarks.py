@@ -102,6 +102,7 @@ def test_sweep_results_missing(tmp_path) -> None:
 
 
 def test_memory_bench_smaps_sees_mapped_and_anonymous_pages(tmp_path) -> None:
+    import mmap
     import os
 
     import numpy as np
@@ -128,7 +129,10 @@ def test_memory_bench_smaps_sees_mapped_and_anonymous_pages(tmp_path) -> None:
     assert touched.rss_kb >= touched.feat_rss_kb and touched.pss_kb > 0
     assert _environ(os.getpid()).get("PATH") == os.environ.get("PATH")  # how the malloc setting is checked
     # the pack's pages are file-backed: touching them adds no anonymous memory, a private copy does
-    copy = np.array(arr, dtype=np.float16)
+    # (into a fresh anonymous mapping: a heap copy may reuse pages freed by earlier tests)
+    buf = mmap.mmap(-1, arr.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    copy = np.frombuffer(buf, dtype=np.float16).reshape(arr.shape)
+    copy[:] = arr
     copied = read_process(os.getpid(), prefix)
     assert copied is not None and copied.anon_kb - touched.anon_kb >= 15 * 1024
     assert copied.feat_rss_kb == touched.feat_rss_kb
