@@ -44,6 +44,9 @@ def library_versions() -> dict[str, str | None]:
     for key, dist in _LIBRARIES.items():
         alternatives = (dist, "faiss-gpu", "faiss") if key == "faiss" else (dist,)
         out[key] = _dist_version(*alternatives)
+    # the compiled search kernels (funad.native), if this process used them; not imported here
+    native = sys.modules.get("funad.native")
+    out["funad_native"] = native.status() if native is not None else None
     return out
 
 

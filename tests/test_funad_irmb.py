@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
+from funad import native
 from funad.knn import faiss_available
 from funad.methods import irmb
 from funad.methods.localnet import LocalNet
@@ -16,6 +18,21 @@ BACKENDS = ["torch"] + (["faiss"] if faiss_available() else [])
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def search_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test here runs with the compiled selection/re-rank kernels and with the torch path."""
+    monkeypatch.setenv("FUNAD_NATIVE", "1" if request.param == "native" else "0")
+    native.reset()
+    if request.param == "native":
+        if native._compiler() is None:
+            pytest.skip("no C compiler: only the torch path runs here")
+        assert native.library() is not None
+    else:
+        assert native.library() is None
+    yield request.param
+    native.reset()
 
 
 def _sqdist64(a: np.ndarray, b: np.ndarray) -> float:

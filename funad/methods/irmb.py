@@ -29,6 +29,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from funad import native
 from funad.methods.localnet import LocalNet
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -277,7 +278,12 @@ def _approx_candidates_torch(
                 _mask_own_column(d, query_index[s:e])
             if query_owner is not None and bank_owner is not None:
                 d.masked_fill_(query_owner[s:e, None] == bank_owner[None, :], float("inf"))
-            vals, idx = block_topk(d, kq, dim=1)
+            if native.usable(d):
+                vals = torch.full((e - s, kq), float("inf"), dtype=torch.float32)
+                idx = torch.zeros((e - s, kq), dtype=torch.int64)
+                native.merge_rows(d, vals, idx, 0)
+            else:
+                vals, idx = block_topk(d, kq, dim=1)
             yield s, e, vals.float(), idx, _key_beta(precision, nq, nb_max)
 
 
@@ -356,6 +362,9 @@ def _exact_rerank(
     flat = exact.view(-1)
     where = rows * idx.shape[1] + cols
     src = idx[rows, cols]
+    if native.usable(query, source) and query.stride(1) == 1 and source.stride(1) == 1:
+        flat[where] = native.pair_sqdist(query, source, rows, src)
+        rows = rows[:0]  # done: skip the torch slabs
     for s in range(0, rows.numel(), _RERANK_PAIRS):
         e = min(rows.numel(), s + _RERANK_PAIRS)
         diff = query.index_select(0, rows[s:e]).float()
@@ -523,6 +532,9 @@ def _merge_block(
     others the members of their k best groups are merged with the running set by ONE top-k. The
     result is a k-smallest set of (running set + line), as with block_topk followed by `add`.
     """
+    if native.usable(d) and d.is_contiguous():
+        (native.merge_rows if dim == 1 else native.merge_cols)(d, top.vals[s:e], top.idx[s:e], offset)
+        return
     n, lines = d.shape[dim], d.shape[1 - dim]
     if n % _GROUP or n // _GROUP < 2 * kq:
         vals, idx = block_topk(d, kq, dim=dim)

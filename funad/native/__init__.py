@@ -1,0 +1,255 @@
+"""Optional compiled CPU kernels for the FUN-AD search (kernels.c), loaded through ctypes.
+
+Why: on the CPU the search's GEMM runs at the matmul peak, but selecting the k smallest keys of each
+GEMM block with torch ops (group minima, two top-k calls, gathers) and re-ranking the candidates
+(gather, cast, subtract, square, sum: six passes over [pairs, D] temporaries) took as long as the
+GEMM itself. The kernels do each in one pass (see kernels.c). They are an implementation choice,
+not a change of method: the merge keeps a k-smallest set of the keys exactly as the torch path
+does (ties may keep other members), and the re-rank computes the same fp32 differences.
+
+Build: on first use, kernels.c is compiled with the system C compiler ($CC, else cc/gcc/clang) into
+$FUNAD_NATIVE_DIR (default: <cache_root>/native), named by a hash of the source, flags and CPU, and
+written atomically, so concurrent trial processes share one build. No compiler, a failed build or
+FUNAD_NATIVE=0 means the torch path (a one-line warning says why, once per process). GPU tensors
+always take the torch path.
+
+Threads: ctypes releases the GIL, so each call splits its lines over `torch.get_num_threads()`
+Python threads that work on disjoint line ranges.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from funad.paths import cache_root
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ["-O3", "-march=native", "-std=c99", "-shared", "-fPIC"]
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+_pool: ThreadPoolExecutor | None = None
+
+_i64, _f32p, _i64p = ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
+_SIGNATURES = {
+    "funad_merge_rows_bf16": [_f32p, _i64, _i64, _i64, _i64, _f32p, _i64p, ctypes.c_int, _i64, _f32p],
+    "funad_merge_rows_f32": [_f32p, _i64, _i64, _i64, _i64, _f32p, _i64p, ctypes.c_int, _i64, _f32p],
+    "funad_merge_cols_bf16": [_f32p, _i64, _i64, _i64, _i64, _f32p, _i64p, ctypes.c_int, _i64, _f32p],
+    "funad_merge_cols_f32": [_f32p, _i64, _i64, _i64, _i64, _f32p, _i64p, ctypes.c_int, _i64, _f32p],
+    "funad_pair_sqdist_bf16": [_f32p, _i64, _f32p, _i64, _i64, _i64p, _i64p, _i64, _i64, _f32p],
+    "funad_pair_sqdist_f32": [_f32p, _i64, _f32p, _i64, _i64, _i64p, _i64p, _i64, _i64, _f32p],
+}
+_SUFFIX = {torch.bfloat16: "bf16", torch.float32: "f32"}
+_KEY = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
+#: kernels.c's RCHUNK, RGROUP and MAXK (scratch sizes)
+_RCHUNK, _RGROUP, _MAXK = 32, 64, 64
+
+
+def enabled_by_env() -> bool:
+    """FUNAD_NATIVE=0/off/false/no turns the kernels off (the torch path runs instead)."""
+    return os.environ.get("FUNAD_NATIVE", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC")
+    if cc:
+        return cc
+    for name in ("cc", "gcc", "clang"):
+        if shutil.which(name):
+            return name
+    return None
+
+
+def _cpu_tag() -> str:
+    """What -march=native depends on: the machine and its CPU feature flags."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        flags = platform.processor()
+    return f"{platform.machine()}|{flags}"
+
+
+def build_dir() -> Path:
+    env = os.environ.get("FUNAD_NATIVE_DIR")
+    return Path(env).expanduser() if env else cache_root() / "native"
+
+
+def _build(cc: str) -> Path:
+    """Compile kernels.c once per (source, compiler, flags, CPU); returns the shared library path."""
+    src = SOURCE.read_bytes()
+    tag = hashlib.sha256(src + "|".join([cc, *FLAGS, _cpu_tag()]).encode()).hexdigest()[:16]
+    out_dir = build_dir()
+    lib = out_dir / f"funad_kernels_{tag}.so"
+    if lib.exists():
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=lib.name, suffix=".tmp", dir=out_dir)
+    os.close(fd)
+    try:
+        cmd = [cc, *FLAGS, str(SOURCE), "-o", tmp]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise RuntimeError(f"{cc} failed on {SOURCE}: {res.stderr.strip()[:500]}")
+        os.replace(tmp, lib)  # atomic: a concurrent process sees no library or a whole one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (disabled, no compiler, or the build failed: warned once)."""
+    global _lib, _tried
+    if _lib is not None or _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        _tried = True
+        if not enabled_by_env():
+            return None
+        cc = _compiler()
+        if cc is None:
+            log.warning("funad.native: no C compiler (set CC); the search uses the slower torch path")
+            return None
+        try:
+            lib = ctypes.CDLL(str(_build(cc)))
+            for name, args in _SIGNATURES.items():
+                fn = getattr(lib, name)
+                fn.argtypes, fn.restype = args, None
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            log.warning("funad.native: kernels unavailable (%s); the search uses the slower torch path", exc)
+            return None
+        _lib = lib
+        return _lib
+
+
+def status() -> str:
+    """For result provenance: the loaded library's name, "off" (FUNAD_NATIVE=0) or "unavailable"."""
+    lib = library()
+    if lib is not None:
+        return Path(lib._name).stem  # noqa: SLF001
+    return "off" if not enabled_by_env() else "unavailable"
+
+
+def reset() -> None:
+    """Forget the loaded library (tests switch FUNAD_NATIVE on and off)."""
+    global _lib, _tried
+    with _lock:
+        _lib, _tried = None, False
+
+
+def _forget_pool() -> None:
+    """A forked child inherits the pool object but not its threads: start a new one there."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """True when the kernels can take these tensors: CPU, one dtype of bf16/fp32, library loaded."""
+    if not tensors or any(t.device.type != "cpu" for t in tensors):
+        return False
+    if tensors[0].dtype not in _SUFFIX or any(t.dtype != tensors[0].dtype for t in tensors):
+        return False
+    return library() is not None
+
+
+def _parallel(n: int, work: Callable[[int, int], None], min_per_thread: int) -> None:
+    """work(a, b) over [0, n) split into contiguous ranges, one per thread (GIL released in C)."""
+    global _pool
+    threads = max(1, min(torch.get_num_threads(), n // max(1, min_per_thread)))
+    if threads == 1:
+        work(0, n)
+        return
+    if _pool is None or _pool._max_workers < threads:  # noqa: SLF001
+        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="funad-native")
+    bounds = [n * t // threads for t in range(threads + 1)]
+    futures = [_pool.submit(work, a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    for f in futures:
+        f.result()
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def merge_rows(d: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, col_offset: int) -> None:
+    """Merge block d [R, C] into the running sets of its rows: vals [R, k] fp32, idx [R, k] int64
+    (contiguous views, updated in place); a key at column c enters with index col_offset + c."""
+    lib = library()
+    assert lib is not None and d.stride(1) == 1 and vals.is_contiguous() and idx.is_contiguous()
+    assert vals.shape == idx.shape and vals.shape[0] == d.shape[0]
+    assert vals.dtype == torch.float32 and idx.dtype == torch.int64
+    fn = getattr(lib, f"funad_merge_rows_{_SUFFIX[d.dtype]}")
+    k = vals.shape[1]
+    n_keys = -(-d.shape[1] // _RCHUNK) + _MAXK
+
+    def work(a: int, b: int) -> None:
+        scratch = torch.empty(n_keys, dtype=_KEY[d.dtype])
+        fn(_ptr(d), d.stride(0), a, b, d.shape[1], _ptr(vals), _ptr(idx), k, col_offset, _ptr(scratch))
+
+    _parallel(d.shape[0], work, 64)
+
+
+def merge_cols(d: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, row_offset: int) -> None:
+    """Merge block d [R, C] into the running sets of its columns: vals [C, k], idx [C, k]; a key
+    at row r enters with index row_offset + r."""
+    lib = library()
+    assert lib is not None and d.stride(1) == 1 and vals.is_contiguous() and idx.is_contiguous()
+    assert vals.shape == idx.shape and vals.shape[0] == d.shape[1]
+    assert vals.dtype == torch.float32 and idx.dtype == torch.int64
+    fn = getattr(lib, f"funad_merge_cols_{_SUFFIX[d.dtype]}")
+    k, n_cols = vals.shape[1], d.shape[1]
+    groups = -(-d.shape[0] // _RGROUP)
+
+    def work(a: int, b: int) -> None:
+        scratch = torch.empty((groups + 2) * (b - a) + _MAXK, dtype=_KEY[d.dtype])
+        fn(_ptr(d), d.stride(0), d.shape[0], a, b, _ptr(vals), _ptr(idx), k, row_offset, _ptr(scratch))
+
+    _parallel(n_cols, work, 128)
+
+
+def pair_sqdist(
+    query: torch.Tensor, source: torch.Tensor, qi: torch.Tensor, si: torch.Tensor
+) -> torch.Tensor:
+    """fp32 sum_j (query[qi[p], j] - source[si[p], j])^2 for every pair p (rows with unit stride)."""
+    lib = library()
+    assert lib is not None and query.stride(1) == 1 and source.stride(1) == 1
+    fn = getattr(lib, f"funad_pair_sqdist_{_SUFFIX[query.dtype]}")
+    qi, si = qi.contiguous().long(), si.contiguous().long()
+    # the C loop trusts the indices: check them here, not with a crash
+    if qi.numel() and not (0 <= int(qi.min()) and int(qi.max()) < query.shape[0]):
+        raise IndexError("pair_sqdist: a query row index is out of range")
+    if si.numel() and not (0 <= int(si.min()) and int(si.max()) < source.shape[0]):
+        raise IndexError("pair_sqdist: a source row index is out of range")
+    out = torch.empty(qi.shape[0], dtype=torch.float32)
+
+    def work(a: int, b: int) -> None:
+        fn(_ptr(query), query.stride(0), _ptr(source), source.stride(0), query.shape[1], _ptr(qi), _ptr(si),
+           a, b, _ptr(out))
+
+    _parallel(qi.shape[0], work, 256)
+    return out
