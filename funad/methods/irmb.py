@@ -19,6 +19,11 @@ In the training loop, `batch_search` does the bank search and the pair search in
 batch x batch distance matrix is symmetric, so each upper-triangle block is computed once and
 serves its rows and its columns, and the batch images that are also bank images share those
 blocks with the bank search; only the bank images outside the batch need extra blocks.
+
+On the CPU, the per-block selection (merging each GEMM block's smallest keys into running per-row
+and per-column candidate sets) and the exact re-rank run in small compiled kernels
+(`funad.native`, built on first use; FUNAD_NATIVE=0 or no C compiler: the torch ops below, same
+candidates up to ties, and tested to agree). GPU tensors always take the torch ops.
 """
 
 from __future__ import annotations
