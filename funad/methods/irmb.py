@@ -283,7 +283,7 @@ def _approx_candidates_torch(
                 _mask_own_column(d, query_index[s:e])
             if query_owner is not None and bank_owner is not None:
                 d.masked_fill_(query_owner[s:e, None] == bank_owner[None, :], float("inf"))
-            if native.usable(d):
+            if native.usable(d) and d.is_contiguous():
                 vals = torch.full((e - s, kq), float("inf"), dtype=torch.float32)
                 idx = torch.zeros((e - s, kq), dtype=torch.int64)
                 native.merge_rows(d, vals, idx, 0)
@@ -369,12 +369,12 @@ def _exact_rerank(
     src = idx[rows, cols]
     if native.usable(query, source) and query.stride(1) == 1 and source.stride(1) == 1:
         flat[where] = native.pair_sqdist(query, source, rows, src)
-        rows = rows[:0]  # done: skip the torch slabs
-    for s in range(0, rows.numel(), _RERANK_PAIRS):
-        e = min(rows.numel(), s + _RERANK_PAIRS)
-        diff = query.index_select(0, rows[s:e]).float()
-        diff.sub_(source.index_select(0, src[s:e]))  # fp32 differences (a bf16 row is exact in fp32)
-        flat[where[s:e]] = diff.square_().sum(-1)
+    else:
+        for s in range(0, rows.numel(), _RERANK_PAIRS):
+            e = min(rows.numel(), s + _RERANK_PAIRS)
+            diff = query.index_select(0, rows[s:e]).float()
+            diff.sub_(source.index_select(0, src[s:e]))  # fp32 differences (a bf16 row is exact in fp32)
+            flat[where[s:e]] = diff.square_().sum(-1)
     exact, pos = torch.sort(exact, dim=1, stable=True)
     dist = exact[:, :kk]
     return dist, torch.where(torch.isinf(dist), -1, idx.gather(1, pos)[:, :kk]), uncertain
