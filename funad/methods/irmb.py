@@ -592,9 +592,11 @@ def _symmetric_candidates(
     tops = [_RunningTopK(n_batch, kq, dev) for _ in range(3)]
     rows = _blocks(0, n_member, chunk, 0) + _blocks(n_member, n_batch, chunk, 1)
     extra = _blocks(n_batch, left.shape[0], chunk, 2)
+    # one block buffer for the whole pass (no 8 MB allocation per block)
+    buf = torch.empty(min(chunk, left.shape[0]) ** 2, dtype=left.dtype, device=dev)
     for a, (s, e, g) in enumerate(rows):
         for s2, e2, g2 in rows[a:] + extra:
-            d = left[s:e] @ right[s2:e2].T
+            d = torch.mm(left[s:e], right[s2:e2].T, out=buf[: (e - s) * (e2 - s2)].view(e - s, e2 - s2))
             if s2 == s:
                 d.diagonal().fill_(float("inf"))
             _merge_block(tops[g2], s, e, s2, d, kq, dim=1)

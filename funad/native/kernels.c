@@ -15,6 +15,7 @@
    Plain C99, no Python or torch headers: it compiles in a fraction of a second. The Python side
    owns threading (ctypes releases the GIL) and passes disjoint line ranges to each thread. */
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #define CHUNK 64
@@ -131,7 +132,12 @@ KTH_SMALLEST(int32_t, INT32_MAX)
                                 float *vals, int64_t *idx, int k, int64_t row_offset, KT *scratch) { \
         int64_t ncols = c1 - c0, ng = (nrows + RGROUP - 1) / RGROUP;                                 \
         KT *gmin = scratch, *lim = scratch + ng * ncols, *thk = lim + ncols, *best = thk + ncols;    \
-        for (int64_t g = 0; g < ng; g++) {                                                           \
+        /* the pre-threshold costs a pass over the block: worth it only while some set is not full */ \
+        int pre = 0;                                                                                 \
+        for (int64_t c = 0; c < ncols && !pre; c++)                                                  \
+            pre = !(vals[(c0 + c) * k + max_slot(vals + (c0 + c) * k, k)] < INFINITY);               \
+        pre = pre && ng >= k && k <= MAXK && ng <= 1024;                                             \
+        for (int64_t g = 0; pre && g < ng; g++) {                                                    \
             KT *gm = gmin + g * ncols;                                                               \
             for (int64_t c = 0; c < ncols; c++) gm[c] = KMAX;                                        \
             int64_t e = (g + 1) * RGROUP < nrows ? (g + 1) * RGROUP : nrows;                         \
@@ -147,7 +153,7 @@ KTH_SMALLEST(int32_t, INT32_MAX)
         for (int64_t c = 0; c < ncols; c++) {                                                        \
             float *v = vals + (c0 + c) * k;                                                          \
             KT t = KMAX;                                                                             \
-            if (ng >= k && k <= MAXK && ng <= 1024) {                                                \
+            if (pre) {                                                                               \
                 for (int64_t g = 0; g < ng; g++) col[g] = gmin[g * ncols + c];                       \
                 t = kth_##KT(col, ng, k, best);                                                      \
             }                                                                                        \
