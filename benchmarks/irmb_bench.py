@@ -361,6 +361,52 @@ def search_speedup(state: State, batch: int, precision: str, repeats: int = 1) -
     }
 
 
+def search_native_vs_torch(state: State, batch: int, precision: str, repeats: int = 2) -> dict[str, Any]:
+    """Seconds of the fused batch_search with the torch selection/re-rank ops over the same search
+    with the compiled kernels (funad.native), same inputs; also whether both give the same
+    distances (within fp32 rounding) and pairs. None where the kernels are unavailable."""
+    import os
+
+    from funad import native
+
+    dim, n_patch = state.z_buf.shape[2], state.z_buf.shape[1]
+    idx = torch.arange(batch)
+    chosen = state.bank_state["chosen"]
+    query = state.z_buf[idx].reshape(-1, dim)
+    member = torch.isin(idx, chosen).repeat_interleave(n_patch)
+    outside = chosen[~torch.isin(chosen, idx)]
+    extra = state.z_buf[outside].reshape(-1, dim) if outside.numel() else None
+    saved = os.environ.get("FUNAD_NATIVE")
+    times: dict[str, float] = {}
+    outs: dict[str, tuple[torch.Tensor, ...]] = {}
+    try:
+        for mode in ("torch", "native"):
+            os.environ["FUNAD_NATIVE"] = "1" if mode == "native" else "0"
+            native.reset()
+            if mode == "native" and native.library() is None:
+                return {"ratio": None, "reason": "native kernels unavailable (no C compiler?)"}
+            runs = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                outs[mode] = irmb.batch_search(query, member, extra, 2, precision=precision)
+                runs.append(time.perf_counter() - t0)
+            times[mode] = statistics.median(runs)
+    finally:
+        if saved is None:
+            os.environ.pop("FUNAD_NATIVE", None)
+        else:
+            os.environ["FUNAD_NATIVE"] = saved
+        native.reset()
+    (d_t, u_t, v_t), (d_n, u_n, v_n) = outs["torch"], outs["native"]
+    return {
+        "ratio": times["torch"] / times["native"],
+        "torch_s": times["torch"],
+        "native_s": times["native"],
+        "same_pairs": bool(torch.equal(u_t, u_n) and torch.equal(v_t, v_n)),
+        "max_dist_rel_diff": float(((d_t - d_n).abs() / d_t.abs().clamp(min=1e-6)).nan_to_num().max()),
+    }
+
+
 #: timed configurations: name -> (search precision, extra FunAD settings). "bf16" is the search
 #: and pool scoring in bf16 with an fp32 training step; "bf16_train" adds the bf16-autocast step.
 MODES: dict[str, tuple[str, dict[str, str]]] = {
@@ -448,6 +494,8 @@ def run_irmb_bench(
     out["search_fused_vs_rowwise"] = {
         p: search_speedup(states[p], batch, p) for p in (("fp32", "bf16") if compare_fp32 else ("bf16",))
     }
+    # the compiled selection/re-rank kernels against the torch ops they replace, same search
+    out["search_native_vs_torch"] = {p: search_native_vs_torch(states[p], batch, p) for p in ("bf16", "fp32")}
     out["targets_met"] = {
         "iter_fp32_le_15s": out["irmb_iter_s_fp32"] <= 15.0,
         "iter_bf16_le_6s": out["irmb_iter_s_bf16"] <= 6.0,

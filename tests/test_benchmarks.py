@@ -76,6 +76,9 @@ def test_run_tiny_prints_json_last_line(capsys: pytest.CaptureFixture[str], monk
     assert sum(res["irmb_breakdown"].values()) == pytest.approx(1.0)
     assert 0.0 <= res["bf16_label_agreement"] <= 1.0
     assert res["irmb_gemm_efficiency"] > 0
+    cmp = res["search_native_vs_torch"]
+    assert cmp["fp32"]["ratio"] is None or (cmp["fp32"]["ratio"] > 0 and cmp["fp32"]["same_pairs"]), cmp
+    assert cmp["bf16"]["ratio"] is None or cmp["bf16"]["ratio"] > 0, cmp  # bf16 near-ties may differ
 
 
 def test_gpu_bench_runs_on_cpu_tiny(capsys: pytest.CaptureFixture[str]) -> None:
