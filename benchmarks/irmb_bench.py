@@ -364,7 +364,8 @@ def search_speedup(state: State, batch: int, precision: str, repeats: int = 1) -
 def search_native_vs_torch(state: State, batch: int, precision: str, repeats: int = 2) -> dict[str, Any]:
     """Seconds of the fused batch_search with the torch selection/re-rank ops over the same search
     with the compiled kernels (funad.native), same inputs; also whether both give the same
-    distances (within fp32 rounding) and pairs. None where the kernels are unavailable."""
+    distances (within fp32 rounding) and pairs (fp32: certified, so equal; bf16: near-ties within
+    the key error may resolve differently). None where the kernels are unavailable."""
     import os
 
     from funad import native
@@ -398,11 +399,14 @@ def search_native_vs_torch(state: State, batch: int, precision: str, repeats: in
             os.environ["FUNAD_NATIVE"] = saved
         native.reset()
     (d_t, u_t, v_t), (d_n, u_n, v_n) = outs["torch"], outs["native"]
+    p_t = set(zip(u_t.tolist(), v_t.tolist(), strict=True))
+    p_n = set(zip(u_n.tolist(), v_n.tolist(), strict=True))
     return {
         "ratio": times["torch"] / times["native"],
         "torch_s": times["torch"],
         "native_s": times["native"],
         "same_pairs": bool(torch.equal(u_t, u_n) and torch.equal(v_t, v_n)),
+        "pair_jaccard": len(p_t & p_n) / max(1, len(p_t | p_n)),
         "max_dist_rel_diff": float(((d_t - d_n).abs() / d_t.abs().clamp(min=1e-6)).nan_to_num().max()),
     }
 
