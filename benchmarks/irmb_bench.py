@@ -329,18 +329,27 @@ def knn_faiss_vs_torch(
     }
 
 
+def _search_inputs(state: State, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(query, member, extra) of batch_search for the first `batch` images and the state's bank."""
+    dim, n_patch = state.z_buf.shape[2], state.z_buf.shape[1]
+    idx = torch.arange(batch)
+    chosen = state.bank_state["chosen"]
+    member = torch.isin(idx, chosen).repeat_interleave(n_patch)
+    outside = chosen[~torch.isin(chosen, idx)]
+    extra = state.z_buf[outside].reshape(-1, dim) if outside.numel() else None
+    return state.z_buf[idx].reshape(-1, dim), member, extra
+
+
+def _max_rel_diff(ref: torch.Tensor, other: torch.Tensor) -> float:
+    return float(((ref - other).abs() / ref.abs().clamp(min=1e-6)).nan_to_num().max())
+
+
 def search_speedup(state: State, batch: int, precision: str, repeats: int = 1) -> dict[str, Any]:
     """Seconds of the row-by-row searches (nearest on the gathered bank + a self-search for the
     pairs, the previous hot path) over the fused symmetric batch_search, same inputs and precision;
     also checks that both give the same distances and pairs."""
-    dim = state.z_buf.shape[2]
-    n_patch = state.z_buf.shape[1]
-    idx = torch.arange(batch)
-    chosen = state.bank_state["chosen"]
-    query = state.z_buf[idx].reshape(-1, dim)
-    member = torch.isin(idx, chosen).repeat_interleave(n_patch)
-    outside = chosen[~torch.isin(chosen, idx)]
-    extra = state.z_buf[outside].reshape(-1, dim) if outside.numel() else None
+    query, member, extra = _search_inputs(state, batch)
+    dim, chosen = query.shape[1], state.bank_state["chosen"]
     times: dict[str, list[float]] = {"rowwise": [], "fused": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -357,7 +366,7 @@ def search_speedup(state: State, batch: int, precision: str, repeats: int = 1) -
         "rowwise_s": old_s,
         "fused_s": new_s,
         "same_pairs": bool(torch.equal(u_old, u_new) and torch.equal(v_old, v_new)),
-        "max_dist_rel_diff": float(((d_old - d_new).abs() / d_old.abs().clamp(min=1e-6)).nan_to_num().max()),
+        "max_dist_rel_diff": _max_rel_diff(d_old, d_new),
     }
 
 
@@ -370,13 +379,7 @@ def search_native_vs_torch(state: State, batch: int, precision: str, repeats: in
 
     from funad import native
 
-    dim, n_patch = state.z_buf.shape[2], state.z_buf.shape[1]
-    idx = torch.arange(batch)
-    chosen = state.bank_state["chosen"]
-    query = state.z_buf[idx].reshape(-1, dim)
-    member = torch.isin(idx, chosen).repeat_interleave(n_patch)
-    outside = chosen[~torch.isin(chosen, idx)]
-    extra = state.z_buf[outside].reshape(-1, dim) if outside.numel() else None
+    query, member, extra = _search_inputs(state, batch)
     saved = os.environ.get("FUNAD_NATIVE")
     times: dict[str, float] = {}
     outs: dict[str, tuple[torch.Tensor, ...]] = {}
@@ -407,7 +410,7 @@ def search_native_vs_torch(state: State, batch: int, precision: str, repeats: in
         "native_s": times["native"],
         "same_pairs": bool(torch.equal(u_t, u_n) and torch.equal(v_t, v_n)),
         "pair_jaccard": len(p_t & p_n) / max(1, len(p_t | p_n)),
-        "max_dist_rel_diff": float(((d_t - d_n).abs() / d_t.abs().clamp(min=1e-6)).nan_to_num().max()),
+        "max_dist_rel_diff": _max_rel_diff(d_t, d_n),
     }
 
 

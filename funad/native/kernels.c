@@ -198,42 +198,27 @@ static inline float lanes_sum(const float *acc) {
     return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-void funad_pair_sqdist_bf16(const uint16_t *q, int64_t ldq, const uint16_t *s, int64_t lds, int64_t dim,
-                            const int64_t *qi, const int64_t *si, int64_t p0, int64_t p1, float *out) {
-    for (int64_t p = p0; p < p1; p++) {
-        const uint16_t *a = q + qi[p] * ldq;
-        const uint16_t *b = s + si[p] * lds;
-        float acc[LANES] = {0};
-        int64_t j = 0;
-        for (; j + LANES <= dim; j += LANES)
-            for (int l = 0; l < LANES; l++) {
-                float t = bf16_f32(a[j + l]) - bf16_f32(b[j + l]);
-                acc[l] += t * t;
-            }
-        for (int l = 0; j + l < dim; l++) {
-            float t = bf16_f32(a[j + l]) - bf16_f32(b[j + l]);
-            acc[l] += t * t;
-        }
-        out[p] = lanes_sum(acc);
+#define DEFINE_SQDIST(SUF, T, TOF)                                                                   \
+    void funad_pair_sqdist_##SUF(const T *q, int64_t ldq, const T *s, int64_t lds, int64_t dim,         \
+                                 const int64_t *qi, const int64_t *si, int64_t p0, int64_t p1,          \
+                                 float *out) {                                                          \
+        for (int64_t p = p0; p < p1; p++) {                                                             \
+            const T *a = q + qi[p] * ldq;                                                               \
+            const T *b = s + si[p] * lds;                                                               \
+            float acc[LANES] = {0};                                                                     \
+            int64_t j = 0;                                                                              \
+            for (; j + LANES <= dim; j += LANES)                                                        \
+                for (int l = 0; l < LANES; l++) {                                                       \
+                    float t = TOF(a[j + l]) - TOF(b[j + l]);                                            \
+                    acc[l] += t * t;                                                                    \
+                }                                                                                       \
+            for (int l = 0; j + l < dim; l++) {                                                         \
+                float t = TOF(a[j + l]) - TOF(b[j + l]);                                                \
+                acc[l] += t * t;                                                                        \
+            }                                                                                           \
+            out[p] = lanes_sum(acc);                                                                    \
+        }                                                                                               \
     }
-}
 
-void funad_pair_sqdist_f32(const float *q, int64_t ldq, const float *s, int64_t lds, int64_t dim,
-                           const int64_t *qi, const int64_t *si, int64_t p0, int64_t p1, float *out) {
-    for (int64_t p = p0; p < p1; p++) {
-        const float *a = q + qi[p] * ldq;
-        const float *b = s + si[p] * lds;
-        float acc[LANES] = {0};
-        int64_t j = 0;
-        for (; j + LANES <= dim; j += LANES)
-            for (int l = 0; l < LANES; l++) {
-                float t = a[j + l] - b[j + l];
-                acc[l] += t * t;
-            }
-        for (int l = 0; j + l < dim; l++) {
-            float t = a[j + l] - b[j + l];
-            acc[l] += t * t;
-        }
-        out[p] = lanes_sum(acc);
-    }
-}
+DEFINE_SQDIST(bf16, uint16_t, bf16_f32)
+DEFINE_SQDIST(f32, float, f32_id)
