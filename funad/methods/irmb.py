@@ -283,13 +283,9 @@ def _approx_candidates_torch(
                 _mask_own_column(d, query_index[s:e])
             if query_owner is not None and bank_owner is not None:
                 d.masked_fill_(query_owner[s:e, None] == bank_owner[None, :], float("inf"))
-            if native.usable(d) and d.is_contiguous():
-                vals = torch.full((e - s, kq), float("inf"), dtype=torch.float32)
-                idx = torch.zeros((e - s, kq), dtype=torch.int64)
-                native.merge_rows(d, vals, idx, 0)
-            else:
-                vals, idx = block_topk(d, kq, dim=1)
-            yield s, e, vals.float(), idx, _key_beta(precision, nq, nb_max)
+            top = _RunningTopK(e - s, kq, d.device)
+            _merge_block(top, 0, e - s, 0, d, kq, dim=1)
+            yield s, e, top.vals, top.idx, _key_beta(precision, nq, nb_max)
 
 
 def _approx_candidates_faiss(
@@ -367,7 +363,7 @@ def _exact_rerank(
     flat = exact.view(-1)
     where = rows * idx.shape[1] + cols
     src = idx[rows, cols]
-    if native.usable(query, source) and query.stride(1) == 1 and source.stride(1) == 1:
+    if native.usable(query, source):
         flat[where] = native.pair_sqdist(query, source, rows, src)
     else:
         for s in range(0, rows.numel(), _RERANK_PAIRS):
@@ -537,7 +533,7 @@ def _merge_block(
     others the members of their k best groups are merged with the running set by ONE top-k. The
     result is a k-smallest set of (running set + line), as with block_topk followed by `add`.
     """
-    if native.usable(d) and d.is_contiguous():
+    if native.usable(d):
         (native.merge_rows if dim == 1 else native.merge_cols)(d, top.vals[s:e], top.idx[s:e], offset)
         return
     n, lines = d.shape[dim], d.shape[1 - dim]

@@ -46,19 +46,18 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 _pool: ThreadPoolExecutor | None = None
 
-_i64, _f32p, _i64p = ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
-_SIGNATURES = {
-    "funad_merge_rows_bf16": [_f32p, _i64, _i64, _i64, _i64, _f32p, _i64p, ctypes.c_int, _i64, _f32p],
-    "funad_merge_rows_f32": [_f32p, _i64, _i64, _i64, _i64, _f32p, _i64p, ctypes.c_int, _i64, _f32p],
-    "funad_merge_cols_bf16": [_f32p, _i64, _i64, _i64, _i64, _f32p, _i64p, ctypes.c_int, _i64, _f32p],
-    "funad_merge_cols_f32": [_f32p, _i64, _i64, _i64, _i64, _f32p, _i64p, ctypes.c_int, _i64, _f32p],
-    "funad_pair_sqdist_bf16": [_f32p, _i64, _f32p, _i64, _i64, _i64p, _i64p, _i64, _i64, _f32p],
-    "funad_pair_sqdist_f32": [_f32p, _i64, _f32p, _i64, _i64, _i64p, _i64p, _i64, _i64, _f32p],
+_i64, _p, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+#: argument types per kernel kind; each kind exists as <name>_bf16 and <name>_f32 (see kernels.c)
+_ARGS = {
+    # d, ld, line range a..b, other extent, vals, idx, k, index offset, scratch
+    "funad_merge_rows": [_p, _i64, _i64, _i64, _i64, _p, _p, _int, _i64, _p],
+    "funad_merge_cols": [_p, _i64, _i64, _i64, _i64, _p, _p, _int, _i64, _p],
+    # q, ldq, s, lds, dim, qi, si, pair range a..b, out
+    "funad_pair_sqdist": [_p, _i64, _p, _i64, _i64, _p, _p, _i64, _i64, _p],
 }
+_SIZES = {"funad_merge_rows_scratch": [_i64], "funad_merge_cols_scratch": [_i64, _i64]}
 _SUFFIX = {torch.bfloat16: "bf16", torch.float32: "f32"}
 _KEY = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
-#: kernels.c's RCHUNK, RGROUP and MAXK (scratch sizes)
-_RCHUNK, _RGROUP, _MAXK = 32, 64, 64
 
 
 def enabled_by_env() -> bool:
@@ -134,9 +133,13 @@ def library() -> ctypes.CDLL | None:
             return None
         try:
             lib = ctypes.CDLL(str(_build(cc)))
-            for name, args in _SIGNATURES.items():
+            for name, args in _ARGS.items():
+                for suffix in _SUFFIX.values():
+                    fn = getattr(lib, f"{name}_{suffix}")
+                    fn.argtypes, fn.restype = args, None
+            for name, args in _SIZES.items():
                 fn = getattr(lib, name)
-                fn.argtypes, fn.restype = args, None
+                fn.argtypes, fn.restype = args, _i64
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             log.warning("funad.native: kernels unavailable (%s); the search uses the slower torch path", exc)
             return None
@@ -169,8 +172,9 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 
 def usable(*tensors: torch.Tensor) -> bool:
-    """True when the kernels can take these tensors: CPU, one dtype of bf16/fp32, library loaded."""
-    if not tensors or any(t.device.type != "cpu" for t in tensors):
+    """True when the kernels can take these 2-D tensors: CPU, rows of unit stride (any row stride),
+    one dtype of bf16/fp32, library loaded."""
+    if not tensors or any(t.device.type != "cpu" or t.ndim != 2 or t.stride(1) != 1 for t in tensors):
         return False
     if tensors[0].dtype not in _SUFFIX or any(t.dtype != tensors[0].dtype for t in tensors):
         return False
@@ -192,24 +196,26 @@ def _parallel(n: int, work: Callable[[int, int], None], min_per_thread: int) -> 
         f.result()
 
 
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
+def _check_sets(d: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, lines: int) -> None:
+    """The C loops trust their arguments: unit-stride rows of d, and one contiguous (fp32 value,
+    int64 index) set of k slots per line."""
+    assert usable(d) and vals.is_contiguous() and idx.is_contiguous()
+    assert vals.shape == idx.shape and vals.shape[0] == lines
+    assert vals.dtype == torch.float32 and idx.dtype == torch.int64
 
 
 def merge_rows(d: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, col_offset: int) -> None:
     """Merge block d [R, C] into the running sets of its rows: vals [R, k] fp32, idx [R, k] int64
     (contiguous views, updated in place); a key at column c enters with index col_offset + c."""
+    _check_sets(d, vals, idx, d.shape[0])
     lib = library()
-    assert lib is not None and d.stride(1) == 1 and vals.is_contiguous() and idx.is_contiguous()
-    assert vals.shape == idx.shape and vals.shape[0] == d.shape[0]
-    assert vals.dtype == torch.float32 and idx.dtype == torch.int64
     fn = getattr(lib, f"funad_merge_rows_{_SUFFIX[d.dtype]}")
-    k = vals.shape[1]
-    n_keys = -(-d.shape[1] // _RCHUNK) + _MAXK
+    k, n_keys = vals.shape[1], lib.funad_merge_rows_scratch(d.shape[1])
 
     def work(a: int, b: int) -> None:
         scratch = torch.empty(n_keys, dtype=_KEY[d.dtype])
-        fn(_ptr(d), d.stride(0), a, b, d.shape[1], _ptr(vals), _ptr(idx), k, col_offset, _ptr(scratch))
+        fn(d.data_ptr(), d.stride(0), a, b, d.shape[1], vals.data_ptr(), idx.data_ptr(), k, col_offset,
+           scratch.data_ptr())
 
     _parallel(d.shape[0], work, 64)
 
@@ -217,28 +223,25 @@ def merge_rows(d: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, col_offse
 def merge_cols(d: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, row_offset: int) -> None:
     """Merge block d [R, C] into the running sets of its columns: vals [C, k], idx [C, k]; a key
     at row r enters with index row_offset + r."""
+    _check_sets(d, vals, idx, d.shape[1])
     lib = library()
-    assert lib is not None and d.stride(1) == 1 and vals.is_contiguous() and idx.is_contiguous()
-    assert vals.shape == idx.shape and vals.shape[0] == d.shape[1]
-    assert vals.dtype == torch.float32 and idx.dtype == torch.int64
     fn = getattr(lib, f"funad_merge_cols_{_SUFFIX[d.dtype]}")
-    k, n_cols = vals.shape[1], d.shape[1]
-    groups = -(-d.shape[0] // _RGROUP)
+    k = vals.shape[1]
 
     def work(a: int, b: int) -> None:
-        scratch = torch.empty((groups + 2) * (b - a) + _MAXK, dtype=_KEY[d.dtype])
-        fn(_ptr(d), d.stride(0), d.shape[0], a, b, _ptr(vals), _ptr(idx), k, row_offset, _ptr(scratch))
+        scratch = torch.empty(lib.funad_merge_cols_scratch(d.shape[0], b - a), dtype=_KEY[d.dtype])
+        fn(d.data_ptr(), d.stride(0), d.shape[0], a, b, vals.data_ptr(), idx.data_ptr(), k, row_offset,
+           scratch.data_ptr())
 
-    _parallel(n_cols, work, 128)
+    _parallel(d.shape[1], work, 128)
 
 
 def pair_sqdist(
     query: torch.Tensor, source: torch.Tensor, qi: torch.Tensor, si: torch.Tensor
 ) -> torch.Tensor:
-    """fp32 sum_j (query[qi[p], j] - source[si[p], j])^2 for every pair p (rows with unit stride)."""
-    lib = library()
-    assert lib is not None and query.stride(1) == 1 and source.stride(1) == 1
-    fn = getattr(lib, f"funad_pair_sqdist_{_SUFFIX[query.dtype]}")
+    """fp32 sum_j (query[qi[p], j] - source[si[p], j])^2 for every pair p."""
+    assert usable(query, source)
+    fn = getattr(library(), f"funad_pair_sqdist_{_SUFFIX[query.dtype]}")
     qi, si = qi.contiguous().long(), si.contiguous().long()
     # the C loop trusts the indices: check them here, not with a crash
     if qi.numel() and not (0 <= int(qi.min()) and int(qi.max()) < query.shape[0]):
@@ -248,8 +251,8 @@ def pair_sqdist(
     out = torch.empty(qi.shape[0], dtype=torch.float32)
 
     def work(a: int, b: int) -> None:
-        fn(_ptr(query), query.stride(0), _ptr(source), source.stride(0), query.shape[1], _ptr(qi), _ptr(si),
-           a, b, _ptr(out))
+        fn(query.data_ptr(), query.stride(0), source.data_ptr(), source.stride(0), query.shape[1],
+           qi.data_ptr(), si.data_ptr(), a, b, out.data_ptr())
 
     _parallel(qi.shape[0], work, 256)
     return out

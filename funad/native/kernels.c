@@ -6,9 +6,9 @@
       when it is strictly smaller than the set's largest value, replacing that slot (the first one
       if several are equal), so after any sequence of merges every key left out is >= the largest
       kept value: the kept keys are a k-smallest set of everything seen (the property the exact
-      re-rank's certificate needs). One streaming pass over the block: keys are compared 64 at a
-      time as order-preserving integers (vectorised min / compare), and only chunks holding a key
-      below a set's threshold are looked at one by one.
+      re-rank's certificate needs). One streaming pass over the block per direction: keys are
+      compared a chunk at a time as order-preserving integers (vectorised min / compare), and only
+      chunks holding a key below a set's threshold are looked at one by one.
    2. pair_sqdist: out[p] = sum_j (q[qi[p], j] - s[si[p], j])^2 in fp32 from the bf16 or fp32 rows,
       with 16 partial sums in a fixed order (deterministic, no temporaries).
 
@@ -86,8 +86,13 @@ KTH_SMALLEST(int32_t, INT32_MAX)
    <= t only. Every key left out is >= the largest kept value, as with a scan of every key.
    Column lines: the same with the pre-threshold per column over groups of RGROUP rows, then one
    pass over the rows comparing each chunk of CHUNK columns with the columns' thresholds.
-   scratch: >= ceil(ncols / RCHUNK) + MAXK keys (rows) or ceil(nrows / RGROUP) * ncols + MAXK
-   keys plus 2 * ncols (columns), of the key type. */
+   scratch: funad_merge_rows_scratch(ncols) / funad_merge_cols_scratch(nrows, c1 - c0) keys of
+   the key type, per call (the Python side asks for these sizes, so they live only here). */
+int64_t funad_merge_rows_scratch(int64_t ncols) { return (ncols + RCHUNK - 1) / RCHUNK + MAXK; }
+int64_t funad_merge_cols_scratch(int64_t nrows, int64_t ncols) {
+    return ((nrows + RGROUP - 1) / RGROUP + 2) * ncols + MAXK;
+}
+
 #define DEFINE_MERGE(SUF, T, KT, KMAX, KEY, KEYUP, TOF)                                              \
     void funad_merge_rows_##SUF(const T *d, int64_t ld, int64_t r0, int64_t r1, int64_t ncols,      \
                                 float *vals, int64_t *idx, int k, int64_t col_offset, KT *scratch) { \
