@@ -44,15 +44,20 @@ def library_versions() -> dict[str, str | None]:
     for key, dist in _LIBRARIES.items():
         alternatives = (dist, "faiss-gpu", "faiss") if key == "faiss" else (dist,)
         out[key] = _dist_version(*alternatives)
-    # the compiled search kernels (funad.native), if this process used them; not imported here
-    native = sys.modules.get("funad.native")
-    out["funad_native"] = native.status() if native is not None else None
     return out
+
+
+def native_status() -> str | None:
+    """The compiled search kernels (funad.native) this process used, read at each row (a reused
+    worker may run a FUN-AD cell after cells that never searched); neither imported nor built here."""
+    native = sys.modules.get("funad.native")
+    return native.status() if native is not None else None
 
 
 def versions_json() -> str:
     """The `versions` column: compact JSON with sorted keys (stable, diffable)."""
-    return json.dumps(library_versions(), sort_keys=True, separators=(",", ":"))
+    row = {**library_versions(), "funad_native": native_status()}
+    return json.dumps(row, sort_keys=True, separators=(",", ":"))
 
 
 def _git_dir(start: Path) -> Path | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 import torch
 
 from funad import native
+from funad.methods import irmb
 
 #: block b's entries enter with index OFF * b + position (OFF > every block side)
 OFF = 10_000
@@ -129,3 +131,33 @@ def test_gpu_and_mixed_dtypes_take_the_torch_path(kernels: None) -> None:
     assert not native.usable(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.bfloat16))
     assert not native.usable(torch.zeros(2, 2, dtype=torch.float16))
     assert not native.usable(torch.zeros(2, 2, device="meta"))
+
+
+def test_status_reports_without_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Provenance never triggers a build: None until a search asks for the library."""
+    monkeypatch.setenv("FUNAD_NATIVE", "1")
+    native.reset()
+    try:
+        assert native.status() is None
+        monkeypatch.setenv("FUNAD_NATIVE", "0")
+        assert native.status() == "off"
+        native.library()
+        assert native.status() == "off"
+        monkeypatch.setenv("FUNAD_NATIVE", "1")
+        native.reset()
+        if native._compiler() is not None:
+            assert native.library() is not None
+            assert native.status().startswith("funad_kernels_")
+    finally:
+        native.reset()
+
+
+def test_versions_column_follows_the_first_search(kernels: None) -> None:
+    """The row's `versions` names the kernel build once a search used it, even after an earlier
+    row of the same (reused) process was written before any search."""
+    from harness import versions
+
+    native.reset()
+    assert json.loads(versions.versions_json())["funad_native"] is None
+    irmb.nearest(torch.randn(5, 4), torch.randn(6, 4), 2)
+    assert json.loads(versions.versions_json())["funad_native"].startswith("funad_kernels_")

@@ -147,12 +147,14 @@ def library() -> ctypes.CDLL | None:
         return _lib
 
 
-def status() -> str:
-    """For result provenance: the loaded library's name, "off" (FUNAD_NATIVE=0) or "unavailable"."""
-    lib = library()
-    if lib is not None:
-        return Path(lib._name).stem  # noqa: SLF001
-    return "off" if not enabled_by_env() else "unavailable"
+def status() -> str | None:
+    """For result provenance, without building anything: the loaded library's name, "off"
+    (FUNAD_NATIVE=0), "unavailable" (tried, no library) or None (no search asked for it yet)."""
+    if _lib is not None:
+        return Path(_lib._name).stem  # noqa: SLF001
+    if not enabled_by_env():
+        return "off"
+    return "unavailable" if _tried else None
 
 
 def reset() -> None:
