@@ -193,7 +193,9 @@ class FeatureCache:
                 return None
             _VERIFIED_PACKS.add(ident)
         with contextlib.suppress(OSError):
-            os.utime(data_path)  # mtime = last use, for prune_packs
+            # the sidecar's mtime = last use, for prune_packs; the pack's own mtime stays part of
+            # its identity, so a pack changed in place is checksummed again
+            os.utime(meta_path)
         # one mapping per pack and process: the train and test views of a category (and the next
         # cell of a reused worker) share it, so touched pages count once in this process's RSS
         arr = _OPEN_PACKS.pop(ident, arr)
@@ -232,18 +234,18 @@ class FeatureCache:
                 tmp_data.unlink()
 
 
-#: packs this process has checksummed, by (path, inode, size): a pack is only ever replaced
-#: atomically (a new inode), so a split that reads its category's pack again (the test split after
-#: the train split, the next cell of a reused worker) does not hash the whole file again
-_VERIFIED_PACKS: set[tuple[str, int, int]] = set()
+#: packs this process has checksummed, by (path, inode, size, mtime): a split that reads its
+#: category's pack again (the test split after the train split, the next cell of a reused worker)
+#: does not hash the whole file again, but a pack replaced or rewritten since is checked anew
+_VERIFIED_PACKS: set[tuple[str, int, int, int]] = set()
 #: the memmaps this process has open, most recently used last (at most _OPEN_PACKS_MAX)
-_OPEN_PACKS: dict[tuple[str, int, int], np.memmap] = {}
+_OPEN_PACKS: dict[tuple[str, int, int, int], np.memmap] = {}
 _OPEN_PACKS_MAX = 8
 
 
-def _file_identity(path: Path) -> tuple[str, int, int]:
+def _file_identity(path: Path) -> tuple[str, int, int, int]:
     st = path.stat()
-    return str(path), st.st_ino, st.st_size
+    return str(path), st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def prune_packs(cache_dir: Path, *, older_than_s: float) -> int:
@@ -258,7 +260,9 @@ def prune_packs(cache_dir: Path, *, older_than_s: float) -> int:
     removed = 0
     for data_path in Path(cache_dir).glob("*/packs/*.npy"):
         with contextlib.suppress(FileNotFoundError):
-            if data_path.stat().st_mtime < cutoff:
+            meta_path = data_path.with_suffix(".json")
+            last_use = (meta_path if meta_path.exists() else data_path).stat().st_mtime
+            if last_use < cutoff:
                 data_path.unlink()
                 data_path.with_suffix(".json").unlink(missing_ok=True)
                 removed += 1

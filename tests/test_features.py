@@ -553,3 +553,28 @@ def test_entry_key_follows_the_file_content(tmp_path: Path) -> None:
     assert entry_key(p, None) == hashlib.sha256(b"second, longer image bytes\0augment:none").hexdigest()
     want = hashlib.sha256(b"second, longer image bytes\0augment:3").hexdigest()
     assert entry_key(tmp_path / "." / "x.png", 3) == want
+
+
+def test_a_pack_changed_under_a_reused_worker_is_checked_again(
+    photos: list[ImageRecord], tmp_path: Path
+) -> None:
+    """A process that verified a pack once (a reused Tune worker) must not trust it after the file
+    changed in place (same inode, same size, new mtime): it is re-verified and rebuilt from entries."""
+    import os
+
+    recs = photos[:3]
+    ref = np.asarray(extract_features(recs, SMALL, tmp_path, progress=False).patches).copy()
+    first = extract_features(recs, SMALL, tmp_path, progress=False)  # this open verifies the pack
+    pack = Path(first.patches.filename)
+    del first
+    inode = pack.stat().st_ino
+    with open(pack, "r+b") as fh:  # in place: the same inode and size
+        fh.seek(-64, os.SEEK_END)
+        fh.write(bytes(64))
+    st = pack.stat()
+    os.utime(pack, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert pack.stat().st_ino == inode
+    n0 = forward_count()
+    again = extract_features(recs, SMALL, tmp_path, progress=False)
+    assert forward_count() == n0
+    np.testing.assert_array_equal(np.asarray(again.patches), ref)

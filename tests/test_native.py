@@ -140,13 +140,15 @@ def test_status_reports_without_building(monkeypatch: pytest.MonkeyPatch) -> Non
     try:
         assert native.status() is None
         monkeypatch.setenv("FUNAD_NATIVE", "0")
-        assert native.status() == "off"
-        native.library()
+        assert native.status() is None  # no search asked yet
+        assert not native.usable(torch.zeros(2, 2))
         assert native.status() == "off"
         monkeypatch.setenv("FUNAD_NATIVE", "1")
         native.reset()
         if native._compiler() is not None:
             assert native.library() is not None
+            assert native.status() is None  # built, but no search asked since the reset
+            assert native.usable(torch.zeros(2, 2))
             assert native.status().startswith("funad_kernels_")
     finally:
         native.reset()
@@ -161,3 +163,38 @@ def test_versions_column_follows_the_first_search(kernels: None) -> None:
     assert json.loads(versions.versions_json())["funad_native"] is None
     irmb.nearest(torch.randn(5, 4), torch.randn(6, 4), 2)
     assert json.loads(versions.versions_json())["funad_native"].startswith("funad_kernels_")
+
+
+def test_provenance_is_per_cell(kernels: None) -> None:
+    """A reused worker: after reset_usage() (a new cell), status() is None until this cell searches."""
+    native.reset()
+    assert native.usable(torch.zeros(2, 2))
+    assert native.status().startswith("funad_kernels_")
+    native.reset_usage()
+    assert native.status() is None
+    native.usable(torch.zeros(2, 2))
+    assert native.status().startswith("funad_kernels_")
+
+
+def _I64(*shape: int) -> torch.Tensor:  # noqa: N802 - reads like a dtype in the cases below
+    return torch.zeros(*shape, dtype=torch.int64)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: native.merge_rows(torch.zeros(4, 8), torch.zeros(3, 2), _I64(3, 2), 0),
+        lambda: native.merge_rows(torch.zeros(4, 8), torch.zeros(4, 2), _I64(4, 2).int(), 0),
+        lambda: native.merge_cols(torch.zeros(4, 8), torch.zeros(8, 2).T.contiguous().T, _I64(8, 2), 0),
+        lambda: native.merge_rows(torch.zeros(8, 4).T, torch.zeros(4, 2), _I64(4, 2), 0),
+        lambda: native.pair_sqdist(torch.zeros(3, 4), torch.zeros(3, 5), torch.zeros(1, dtype=torch.int64),
+                                   torch.zeros(1, dtype=torch.int64)),
+        lambda: native.pair_sqdist(torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.bfloat16),
+                                   torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)),
+    ],
+    ids=["lines", "index-dtype", "strided-sets", "strided-block", "width", "mixed-dtype"],
+)
+def test_bad_kernel_arguments_raise_value_error(kernels: None, call) -> None:
+    """The C loops trust their arguments: a bad call is a ValueError (kept under python -O), not a crash."""
+    with pytest.raises(ValueError):
+        call()

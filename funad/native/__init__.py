@@ -44,6 +44,8 @@ FLAGS = ["-O3", "-march=native", "-std=c99", "-shared", "-fPIC"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
+#: whether a search asked for the kernels since the last `reset_usage()` (one cell's provenance)
+_asked = False
 _pool: ThreadPoolExecutor | None = None
 
 _i64, _p, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
@@ -149,7 +151,10 @@ def library() -> ctypes.CDLL | None:
 
 def status() -> str | None:
     """For result provenance, without building anything: the loaded library's name, "off"
-    (FUNAD_NATIVE=0), "unavailable" (tried, no library) or None (no search asked for it yet)."""
+    (FUNAD_NATIVE=0), "unavailable" (tried, no library) or None (no search asked for the kernels
+    since `reset_usage()`: a reused worker's row says what ITS cell used, not an earlier cell)."""
+    if not _asked:
+        return None
     if _lib is not None:
         return Path(_lib._name).stem  # noqa: SLF001
     if not enabled_by_env():
@@ -157,11 +162,17 @@ def status() -> str | None:
     return "unavailable" if _tried else None
 
 
+def reset_usage() -> None:
+    """Start a new provenance record (one per cell): `status()` is None until a search asks again."""
+    global _asked
+    _asked = False
+
+
 def reset() -> None:
     """Forget the loaded library (tests switch FUNAD_NATIVE on and off)."""
-    global _lib, _tried
+    global _lib, _tried, _asked
     with _lock:
-        _lib, _tried = None, False
+        _lib, _tried, _asked = None, False, False
 
 
 def _forget_pool() -> None:
@@ -176,6 +187,8 @@ os.register_at_fork(after_in_child=_forget_pool)
 def usable(*tensors: torch.Tensor) -> bool:
     """True when the kernels can take these 2-D tensors: CPU, rows of unit stride (any row stride),
     one dtype of bf16/fp32, library loaded."""
+    global _asked
+    _asked = True
     if not tensors or any(t.device.type != "cpu" or t.ndim != 2 or t.stride(1) != 1 for t in tensors):
         return False
     if tensors[0].dtype not in _SUFFIX or any(t.dtype != tensors[0].dtype for t in tensors):
@@ -201,9 +214,14 @@ def _parallel(n: int, work: Callable[[int, int], None], min_per_thread: int) -> 
 def _check_sets(d: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, lines: int) -> None:
     """The C loops trust their arguments: unit-stride rows of d, and one contiguous (fp32 value,
     int64 index) set of k slots per line."""
-    assert usable(d) and vals.is_contiguous() and idx.is_contiguous()
-    assert vals.shape == idx.shape and vals.shape[0] == lines
-    assert vals.dtype == torch.float32 and idx.dtype == torch.int64
+    if not (usable(d) and vals.is_contiguous() and idx.is_contiguous()):
+        raise ValueError("native merge: the block must be a unit-stride CPU fp32/bf16 tensor and the sets "
+                         "contiguous")
+    if vals.shape != idx.shape or vals.ndim != 2 or vals.shape[0] != lines:
+        raise ValueError(f"native merge: sets of shape {tuple(vals.shape)} / {tuple(idx.shape)} do not "
+                         f"fit {lines} lines")
+    if vals.dtype != torch.float32 or idx.dtype != torch.int64:
+        raise ValueError(f"native merge: sets must be float32 / int64, got {vals.dtype} / {idx.dtype}")
 
 
 def merge_rows(d: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, col_offset: int) -> None:
@@ -242,7 +260,9 @@ def pair_sqdist(
     query: torch.Tensor, source: torch.Tensor, qi: torch.Tensor, si: torch.Tensor
 ) -> torch.Tensor:
     """fp32 sum_j (query[qi[p], j] - source[si[p], j])^2 for every pair p."""
-    assert usable(query, source)
+    if not usable(query, source) or query.shape[1] != source.shape[1]:
+        raise ValueError("pair_sqdist: query and source must be unit-stride CPU tensors of one dtype "
+                         "(fp32 or bf16) and equal width")
     fn = getattr(library(), f"funad_pair_sqdist_{_SUFFIX[query.dtype]}")
     qi, si = qi.contiguous().long(), si.contiguous().long()
     # the C loop trusts the indices: check them here, not with a crash
