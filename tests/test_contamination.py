@@ -195,3 +195,57 @@ def test_bad_records() -> None:
     bad_train = [*make_records(), ImageRecord("c/train/bad/0.png", Path("/b"), 1, "train", "c", "cut")]
     with pytest.raises(DatasetError, match="c/train/bad/0.png"):
         contaminate(bad_train, ratio=0.1)
+
+
+# ---- the other published definitions: ratio of the training set, draws from the whole test set -------
+@pytest.mark.parametrize(("ratio", "n"), [(0.1, 11), (0.2, 25), (0.05, 5), (0.0, 0)])
+def test_ratio_of_train_is_the_injected_share_of_the_pool(ratio: float, n: int) -> None:
+    # 100 normals: n / (100 + n) <= ratio, the largest such n: 0.1 -> 11 (11/111 = 0.099), 0.2 -> 25 (0.2)
+    split = contaminate(make_records(n_anom=60), ratio=ratio, ratio_of="train", key="k", min_test_anomalies=0)
+    assert split.n_injected == n
+    assert split.achieved_ratio == pytest.approx(n / (100 + n))
+    assert split.achieved_ratio <= ratio + 1e-12 and split.ratio_of == "train"
+
+
+def test_all_test_source_draws_good_images_too_and_counts_them_as_normals() -> None:
+    recs = make_records(n_good=20, n_anom=30)
+    split = contaminate(recs, count=40, source="all_test", overlap=True, seed=3, key="mvtec/bottle")
+    injected = [r for r in split.train if r.image_id in set(split.injected_ids)]
+    n_good = sum(r.label == 0 for r in injected)
+    assert split.n_injected == 40 and 0 < n_good < 20 and split.n_injected_normal == n_good
+    assert split.achieved_ratio == pytest.approx((40 - n_good) / (100 + n_good))
+    assert {r.image_id for r in split.test} == {r.image_id for r in recs if r.split == "test"}  # overlap
+    # the same prefix property: a smaller count's draw is a subset of a larger one's
+    small = contaminate(recs, count=10, source="all_test", overlap=True, seed=3, key="mvtec/bottle")
+    assert set(small.injected_ids) <= set(split.injected_ids)
+    # the default source never draws a good image
+    assert contaminate(recs, count=40, overlap=True, seed=3, key="mvtec/bottle").n_injected_normal == 0
+
+
+def test_all_test_without_overlap_keeps_normals_and_anomalies_to_test() -> None:
+    recs = make_records(n_good=8, n_anom=12)
+    split = contaminate(recs, count=20, source="all_test", seed=1, key="k", min_test_anomalies=3)
+    assert split.shortfall_applied == "cap"
+    assert split.n_test_normal >= 3 and split.n_test_anomalous >= 3
+    with pytest.raises(DatasetError, match="shortfall policy 'error'"):
+        contaminate(recs, count=20, source="all_test", seed=1, key="k", shortfall="error")
+    with pytest.raises(DatasetError, match="does not apply to source 'all_test'"):
+        contaminate(recs, count=5, source="all_test", key="k", shortfall="augment")
+
+
+def test_appended_pool_order_puts_the_clean_images_first_in_draw_order() -> None:
+    recs = make_records()
+    appended = contaminate(recs, count=7, seed=4, key="k", pool_order="appended")
+    sorted_ = contaminate(recs, count=7, seed=4, key="k")
+    assert [r.image_id for r in appended.train[:100]] == [f"c/train/good/{i:03d}.png" for i in range(100)]
+    assert sorted(r.image_id for r in appended.train[100:]) == appended.injected_ids
+    assert sorted(r.image_id for r in appended.train) == [r.image_id for r in sorted_.train]
+    # sorted by id, "c/test/..." sorts before "c/train/...": the injected images would come first
+    assert sorted_.train[0].label == 1
+
+
+@pytest.mark.parametrize(("name", "value"), [("source", "everything"), ("ratio_of", "test"),
+                                             ("pool_order", "random")])
+def test_unknown_definitions_are_named(name: str, value: str) -> None:
+    with pytest.raises(DatasetError, match=f"unknown {name} '{value}'"):
+        contaminate(make_records(), ratio=0.1, key="k", **{name: value})
