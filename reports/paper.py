@@ -1,8 +1,11 @@
 """Published reference numbers (reports/paper_reference.csv) and the "ours vs paper" join.
 
 The CSV holds one value per row (in %, as the papers print them) with its source and protocol. ``count`` is
-set instead of ``ratio`` for the InReaCh table, which injects an absolute number of images per category
-(with overlap). All rows are second-hand transcriptions: the note column says so and the report repeats it.
+set instead of ``ratio`` for the InReaCh table, which injects an absolute number of images per category,
+drawn from the whole test set (``contamination_source`` all_test), with overlap. A reference row meets
+only our cells of the same protocol: dataset, method, ratio or count, overlap, contamination source and
+ratio definition (``ratio_of``). All rows are second-hand transcriptions: the note column says so and the
+report repeats it.
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ REFERENCE_COLUMNS = [
     "ratio",
     "count",
     "overlap",
+    "contamination_source",
+    "ratio_of",
     "metric",
     "value",
     "source",
     "protocol",
     "note",
 ]
+#: the protocol of a result row (or reference row) that does not name it: today's default split rule
+DEFAULT_PROTOCOL = {"contamination_source": "anomalies", "ratio_of": "normal"}
 _ALIASES = {"mvtecad": "mvtec", "mvtec": "mvtec", "visa": "visa", "fun-ad": "funad", "funad": "funad"}
 
 
@@ -44,6 +51,8 @@ def load_reference(path: Path | None = None) -> pd.DataFrame:
     df["ratio"] = pd.to_numeric(df["ratio"], errors="coerce")
     df["count"] = pd.to_numeric(df["count"], errors="coerce")
     df["overlap"] = df["overlap"].astype(str).str.lower().isin(["true", "1", "yes"])
+    df["contamination_source"] = df["contamination_source"].fillna(DEFAULT_PROTOCOL["contamination_source"])
+    df["ratio_of"] = df["ratio_of"].fillna(DEFAULT_PROTOCOL["ratio_of"])
     return df[REFERENCE_COLUMNS]
 
 
@@ -64,7 +73,13 @@ def _matches(ref: pd.Series, ours: pd.DataFrame) -> pd.Series:
             | np.isclose(ours["count"].astype(float).fillna(-1), 0.0)
         )
         return same & amount
-    return same & amount & (ours["overlap"].astype(bool) == bool(ref["overlap"]))
+    protocol = ours["overlap"].astype(bool) == bool(ref["overlap"])
+    for key, default in DEFAULT_PROTOCOL.items():
+        if key == "ratio_of" and pd.isna(ref["ratio"]):
+            continue  # a count means the same whatever a ratio would be a share of
+        have = ours[key].fillna(default) if key in ours.columns else pd.Series(default, index=ours.index)
+        protocol &= have.astype(str) == str(ref[key])
+    return same & amount & protocol
 
 
 def paper_table(main: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -118,6 +133,8 @@ def paper_table(main: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd
         "ratio",
         "count",
         "overlap",
+        "contamination_source",
+        "ratio_of",
         "metric",
         "paper",
         "ours",
@@ -151,6 +168,8 @@ def display_paper(df: pd.DataFrame) -> pd.DataFrame:
                 for r, c in zip(df["ratio"], df["count"], strict=True)
             ],
             "overlap": df["overlap"].map(lambda v: "yes" if bool(v) else "no"),
+            "drawn from": df["contamination_source"].map(
+                lambda v: "whole test set" if v == "all_test" else "test anomalies"),
             "metric": df["metric"].astype(str),
             "paper (%)": df["paper"].map(f),
             "ours (%)": [
