@@ -34,7 +34,8 @@ def _ids(recs: list[ImageRecord], **where: object) -> list[str]:
 
 
 def test_kinds_and_factory(tmp_path: Path) -> None:
-    assert DATASET_KINDS == ("synthetic", "mvtec", "visa", "folder", "oneclass")
+    assert tuple(DATASET_KINDS) == (
+        "synthetic", "mvtec", "visa", "folder", "oneclass", "realiad", "mvtec_ad2", "btad", "mpdd")
     build_mvtec(tmp_path)
     ds = create_dataset("mvtec", str(tmp_path), require_masks=False)
     assert isinstance(ds, MVTecDataset) and ds.kind == "mvtec" and ds.require_masks is False

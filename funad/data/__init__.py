@@ -8,9 +8,9 @@ from typing import Any
 
 from funad.data.records import Dataset, DatasetError, ImageRecord
 
-DATASET_KINDS = ("synthetic", "mvtec", "visa", "folder", "oneclass")
+DATASET_KINDS = ("synthetic", "mvtec", "visa", "folder", "oneclass", "realiad", "mvtec_ad2", "btad", "mpdd")
 #: Kinds that read a user's tree and therefore need an existing root.
-ROOT_REQUIRED = ("mvtec", "visa", "folder")
+ROOT_REQUIRED = ("mvtec", "visa", "folder", "realiad", "mvtec_ad2", "btad", "mpdd")
 
 __all__ = ["DATASET_KINDS", "Dataset", "DatasetError", "ImageRecord", "create_dataset"]
 
@@ -33,6 +33,22 @@ def _loader(kind: str) -> type[Dataset]:
         from funad.data.folder import FolderDataset
 
         return FolderDataset
+    if kind == "realiad":
+        from funad.data.realiad import RealIADDataset
+
+        return RealIADDataset
+    if kind == "mvtec_ad2":
+        from funad.data.mvtec_ad2 import MVTecAD2Dataset
+
+        return MVTecAD2Dataset
+    if kind == "btad":
+        from funad.data.btad import BTADDataset
+
+        return BTADDataset
+    if kind == "mpdd":
+        from funad.data.mpdd import MPDDDataset
+
+        return MPDDDataset
     from funad.data.oneclass import OneClassDataset
 
     return OneClassDataset
