@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from benchmarks.irmb_bench import flop_counts, make_state, synthetic_features
-from funad.methods import irmb
+from funad.search import PRECISIONS
+from funad.search.operands import ranking_operands
 
 FULL_SWEEP = {"categories": 15 + 12, "ratios": 5, "seeds": 3, "epochs": 1500, "batch": 32}
 
@@ -55,10 +56,6 @@ def run_gpu_bench(
     cls, pat, labels = synthetic_features(pool, patches, channels)
     cls, pat, labels = cls.to(dev), pat.to(dev), labels.to(dev)
     st = make_state(cls, pat, labels, precision)
-    st.net.to(dev)
-    st.opt = torch.optim.RMSprop(st.net.parameters(), lr=st.method.cfg.lr, momentum=st.method.cfg.momentum)
-    st.z_buf = st.z_buf.to(dev)
-    st.gen = torch.Generator(device=dev).manual_seed(1)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     perm_gen = torch.Generator().manual_seed(0)
@@ -72,14 +69,14 @@ def run_gpu_bench(
         _sync(dev)
         if i > 0:
             times.append(time.perf_counter() - t0)
-            chosen = st.bank_state["chosen"]
+            chosen = st.chosen
             overlaps.append((int(chosen.numel()), int(torch.isin(chosen, idx).sum())))
             band.append(float(out["band_frac"]) * batch * patches)
         if time.perf_counter() - t_start > budget_s and times:
             break
     iter_s = statistics.median(times)
     dim = 2 * channels
-    width = irmb._ranking_operands(torch.zeros(1, dim), torch.zeros(dim), precision)[0].shape[1]
+    width = ranking_operands(torch.zeros(1, dim), torch.zeros(dim), precision)[0].shape[1]
     bank_images = round(statistics.median(o[0] for o in overlaps))
     fl = flop_counts(
         pool=pool,
@@ -115,7 +112,7 @@ def run_gpu_bench(
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--precision", default="tf32", choices=irmb.PRECISIONS)
+    p.add_argument("--precision", default="tf32", choices=PRECISIONS)
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--tiny", action="store_true", help="tiny shapes (tests the script on a CPU)")
     args = p.parse_args(argv)

@@ -24,9 +24,12 @@ from typing import Any
 
 import torch
 
+from funad import search
 from funad.methods import create_method, irmb
-from funad.methods.funad import FunAD
+from funad.methods.funad import FunAD, TrainState, start_training
 from funad.methods.localnet import HIDDEN, LocalNet
+from funad.search.nearest import mutual
+from funad.search.operands import ranking_operands
 
 #: the paper's shapes; pool and batch are scaled to the machine by the caller
 PAPER = {"channels": 768, "patches": 784}
@@ -53,7 +56,7 @@ def flop_counts(
     """FLOPs of one iteration per part, nominal (spec section 6) and executed (this implementation).
 
     pool/batch/bank_images in images; bank_in_batch = bank images that are also batch images;
-    width = the ranking GEMM's inner width (dim + norm columns, padded; see irmb._ranking_operands);
+    width = the ranking GEMM's inner width (dim + norm columns, padded; see funad.search.operands);
     band_rows = batch patches in the uncertain band (noised: they also take the full adaptor).
     """
     p = batch * patches  # batch patches
@@ -139,8 +142,8 @@ def synthetic_features(
 # ---- timing hooks ----------------------------------------------------------------------------
 @contextmanager
 def timed_parts(parts: dict[str, list[float]]) -> Iterator[None]:
-    """Wrap irmb.score_pool and irmb.batch_search with timers (FunAD calls them via the module)."""
-    saved = {name: getattr(irmb, name) for name in ("score_pool", "batch_search")}
+    """Wrap irmb.score_pool and search.batch_search with timers (FunAD calls them via their modules)."""
+    saved = {"score_pool": (irmb, irmb.score_pool), "batch_search": (search, search.batch_search)}
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def inner(*args: Any, **kwargs: Any) -> Any:
@@ -152,45 +155,31 @@ def timed_parts(parts: dict[str, list[float]]) -> Iterator[None]:
         return inner
 
     try:
-        for name, fn in saved.items():
-            setattr(irmb, name, wrap(name, fn))
+        for name, (module, fn) in saved.items():
+            setattr(module, name, wrap(name, fn))
         yield
     finally:
-        for name, fn in saved.items():
-            setattr(irmb, name, fn)
+        for name, (module, fn) in saved.items():
+            setattr(module, name, fn)
 
 
 @dataclass
 class State:
-    """Everything FunAD.fit sets up before its loop, so single iterations can be timed."""
+    """A FunAD method and the training state its fit sets up before its loop, so single iterations
+    can be timed."""
 
     method: FunAD
-    net: LocalNet
-    opt: torch.optim.Optimizer
-    gen: torch.Generator
-    cls: torch.Tensor
-    patches: torch.Tensor
-    injected: torch.Tensor
-    z_buf: torch.Tensor
-    bank_state: dict[str, Any]
-    it: int = 0
+    train: TrainState
 
     def iteration(self, idx: torch.Tensor) -> dict[str, Any]:
         """One FunAD training iteration (the real code path) on the images idx."""
-        out = self.method._iteration(
-            self.net,
-            self.opt,
-            self.gen,
-            self.cls,
-            self.patches,
-            self.injected,
-            idx,
-            self.z_buf,
-            self.bank_state,
-            self.it,
-        )
-        self.it += 1
-        return out
+        return self.method._iteration(self.train, idx)
+
+    @property
+    def chosen(self) -> torch.Tensor:
+        """The images of the current bank (after the first iteration)."""
+        assert self.train.bank is not None
+        return self.train.bank.chosen
 
 
 def make_state(
@@ -203,31 +192,29 @@ def make_state(
     net_state: dict[str, torch.Tensor] | None = None,
     **settings: Any,
 ) -> State:
-    """FunAD with the paper's settings and `precision`, weights from seed (or copied from net_state)."""
+    """FunAD with the paper's settings and `precision`, weights from seed (or copied from net_state),
+    on the device of the features."""
     method = create_method("funad", {"precision": precision, **settings})
     assert isinstance(method, FunAD)
-    s = method.cfg
-    n, n_patch, c = patches.shape
-    net = LocalNet(2 * c, torch.Generator().manual_seed(seed))
+    dev = patches.device
+    net = LocalNet(2 * patches.shape[2], torch.Generator().manual_seed(seed))
     if net_state is not None:
         net.load_state_dict(net_state)
-    opt = torch.optim.RMSprop(net.parameters(), lr=s.lr, momentum=s.momentum)
-    z_buf = torch.empty((n, n_patch, 2 * c), dtype=irmb.search_dtype(precision))
-    gen = torch.Generator().manual_seed(seed + 1)
-    return State(method, net, opt, gen, cls, patches, labels, z_buf, {})
+    gen = torch.Generator(device=dev).manual_seed(seed + 1)
+    return State(method, start_training(method.cfg, net.to(dev), gen, cls, patches, labels))
 
 
 def _bank_overlap(state: State, idx: torch.Tensor) -> tuple[int, int]:
-    chosen = state.bank_state["chosen"]
+    chosen = state.chosen
     return int(chosen.numel()), int(torch.isin(chosen, idx).sum())
 
 
 def time_iterations(state: State, batch: int, repeats: int, warmup: int = 1) -> dict[str, Any]:
     """Median seconds per iteration and per part over `repeats` iterations (after `warmup`)."""
-    n = state.cls.shape[0]
+    n = state.train.cls.shape[0]
     perm_gen = torch.Generator().manual_seed(123)
     totals, parts, shapes, band = [], {}, [], []
-    n_patch = state.patches.shape[1]
+    n_patch = state.train.patches.shape[1]
     for r in range(warmup + repeats):
         idx = torch.randperm(n, generator=perm_gen)[:batch]
         rec: dict[str, list[float]] = {}
@@ -271,7 +258,7 @@ def label_agreement(
     idx = torch.randperm(cls.shape[0], generator=torch.Generator().manual_seed(seed))[:batch]
     for precision in ("fp32", "bf16"):
         st = make_state(cls, patches, labels, precision, net_state=net_state)
-        st.gen.manual_seed(seed)
+        st.train.gen.manual_seed(seed)
         rec: dict[str, Any] = {}
         orig = irmb.pseudo_labels
 
@@ -282,18 +269,18 @@ def label_agreement(
             _rec["y"] = res[0].clone()
             return res
 
-        orig_search = irmb.batch_search
+        orig_search = search.batch_search
 
         def spy_search(*a: Any, _rec: dict[str, Any] = rec, _f: Any = orig_search, **k: Any) -> Any:
             res = _f(*a, **k)
             _rec["pairs"] = set(zip(res[1].tolist(), res[2].tolist(), strict=True))
             return res
 
-        irmb.pseudo_labels, irmb.batch_search = spy, spy_search
+        irmb.pseudo_labels, search.batch_search = spy, spy_search
         try:
             st.iteration(idx)
         finally:
-            irmb.pseudo_labels, irmb.batch_search = orig, orig_search
+            irmb.pseudo_labels, search.batch_search = orig, orig_search
         out[precision] = rec
     y32, y16 = out["fp32"]["y"], out["bf16"]["y"]
     p32, p16 = out["fp32"]["pairs"], out["bf16"]["pairs"]
@@ -308,16 +295,14 @@ def knn_faiss_vs_torch(
     query: torch.Tensor, bank: torch.Tensor, k: int = 2, repeats: int = 3
 ) -> dict[str, Any]:
     """Bank search seconds, faiss flat / torch fused GEMM (both + exact re-rank), same shapes."""
-    from funad.knn import faiss_available
-
-    if not faiss_available():
+    if not search.faiss_available():
         return {"ratio": None, "reason": "faiss not installed"}
     times: dict[str, float] = {}
     for backend in ("torch", "faiss"):
         runs = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            irmb.nearest(query, bank, k, backend=backend)
+            search.nearest(query, bank, k, backend=backend)
             runs.append(time.perf_counter() - t0)
         times[backend] = statistics.median(runs)
     return {
@@ -331,13 +316,14 @@ def knn_faiss_vs_torch(
 
 def _search_inputs(state: State, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(query, member, extra) of batch_search for the first `batch` images and the state's bank."""
-    dim, n_patch = state.z_buf.shape[2], state.z_buf.shape[1]
+    z_buf = state.train.z_buf
+    dim, n_patch = z_buf.shape[2], z_buf.shape[1]
     idx = torch.arange(batch)
-    chosen = state.bank_state["chosen"]
+    chosen = state.chosen
     member = torch.isin(idx, chosen).repeat_interleave(n_patch)
     outside = chosen[~torch.isin(chosen, idx)]
-    extra = state.z_buf[outside].reshape(-1, dim) if outside.numel() else None
-    return state.z_buf[idx].reshape(-1, dim), member, extra
+    extra = z_buf[outside].reshape(-1, dim) if outside.numel() else None
+    return z_buf[idx].reshape(-1, dim), member, extra
 
 
 def _max_rel_diff(ref: torch.Tensor, other: torch.Tensor) -> float:
@@ -349,16 +335,16 @@ def search_speedup(state: State, batch: int, precision: str, repeats: int = 1) -
     pairs, the previous hot path) over the fused symmetric batch_search, same inputs and precision;
     also checks that both give the same distances and pairs."""
     query, member, extra = _search_inputs(state, batch)
-    dim, chosen = query.shape[1], state.bank_state["chosen"]
+    dim, chosen = query.shape[1], state.chosen
     times: dict[str, list[float]] = {"rowwise": [], "fused": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
-        d_old, _ = irmb.nearest(query, state.z_buf[chosen].reshape(-1, dim), 2, precision=precision)
-        _, nn_ = irmb.nearest(query, query, 1, precision=precision, self_search=True)
-        u_old, v_old = irmb._mutual(nn_[:, 0])
+        d_old, _ = search.nearest(query, state.train.z_buf[chosen].reshape(-1, dim), 2, precision=precision)
+        _, nn_ = search.nearest(query, query, 1, precision=precision, self_search=True)
+        u_old, v_old = mutual(nn_[:, 0])
         times["rowwise"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        d_new, u_new, v_new = irmb.batch_search(query, member, extra, 2, precision=precision)
+        d_new, u_new, v_new = search.batch_search(query, member, extra, 2, precision=precision)
         times["fused"].append(time.perf_counter() - t0)
     old_s, new_s = statistics.median(times["rowwise"]), statistics.median(times["fused"])
     return {
@@ -392,7 +378,7 @@ def search_native_vs_torch(state: State, batch: int, precision: str, repeats: in
             runs = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                outs[mode] = irmb.batch_search(query, member, extra, 2, precision=precision)
+                outs[mode] = search.batch_search(query, member, extra, 2, precision=precision)
                 runs.append(time.perf_counter() - t0)
             times[mode] = statistics.median(runs)
     finally:
@@ -456,7 +442,7 @@ def run_irmb_bench(
     eff: dict[str, float] = {}
     for mode, r in res.items():
         precision, extra = MODES[mode]
-        width = irmb._ranking_operands(torch.zeros(1, dim), torch.zeros(dim), precision)[0].shape[1]
+        width = ranking_operands(torch.zeros(1, dim), torch.zeros(dim), precision)[0].shape[1]
         fl = flop_counts(
             pool=pool,
             batch=batch,
@@ -490,12 +476,11 @@ def run_irmb_bench(
     out["irmb_gemm_efficiency_bf16"] = eff["bf16"]
     out["irmb_gemm_efficiency_bf16_train"] = eff["bf16_train"]
     out["irmb_breakdown"] = out["irmb_breakdown_fp32"]
-    net_state = {k: v.clone() for k, v in states["fp32"].net.state_dict().items()}
+    net_state = {k: v.clone() for k, v in states["fp32"].train.net.state_dict().items()}
     out.update(label_agreement(cls, pat, labels, net_state, batch))
     st = states["fp32"]
-    chosen = st.bank_state["chosen"]
-    bank = st.z_buf[chosen].reshape(-1, dim)
-    query = st.z_buf[:batch].reshape(-1, dim)
+    bank = st.train.z_buf[st.chosen].reshape(-1, dim)
+    query = st.train.z_buf[:batch].reshape(-1, dim)
     out["knn_faiss_vs_torch"] = knn_faiss_vs_torch(query, bank, repeats=knn_repeats)
     # the hot-path change, measured here: bf16 always; fp32 (about a minute more) on request
     out["search_fused_vs_rowwise"] = {

@@ -1,10 +1,10 @@
 """Memory per extra concurrent trial at REAL feature sizes: are the memory-mapped features shared?
 
-The performance issue asks that N concurrent trials of one category on one node do not hold N copies
-of that category's features. Features are fp16 packs in the feature cache, opened with np.memmap
+The requirement: N concurrent trials of one category on one node do not hold N copies of that
+category's features. Features are fp16 packs in the feature cache, opened with np.memmap
 (FeatureSet.cls / .patches are views into them), so every trial should map the SAME page-cached file.
 sweep_bench measures this on the built-in synthetic set (24 MB of features), where one trial's own
-interpreter and working memory (~164 MB) hide any copy. Here the features are as large as a real
+interpreter and working memory hide any copy. Here the features are as large as a real
 category's: ViT-B/8 DINO at 224 px, [1 + 28*28, 768] fp16 = 1.2 MB per image, n_train + n_test images.
 
 How: a `folder` dataset of tiny random PNGs is written to disk and the feature cache is filled for it
@@ -41,15 +41,14 @@ anonymous memory, never a file mapping. Two bounds on such a copy:
     (0 = it only reads the shared pack, 1 = an fp16 copy, 2 = an fp32 copy). The largest over the
     configs is reported; `feature_copies_noise` is the spread of the same peak between the two
     identical-shape cells of the 2-trial run, in the same unit.
-Known limits (measured at 240/60 images): the tree sums are not atomic snapshots: processes are read
-one after another, so while two trials first touch the pack, one can be read as its sole mapper and
-the other after both mapped it, and the PSS peak then shows up to 1.5 packs (345 + 172 MB) although
-the kernel's PSS never exceeds one file (same file and inode, no deleted mappings); the RSS doubling
-and feature_files_mapped are the steadier signals. In the scaling estimate the mapped RSS is the
-process's largest (after scoring touched the test rows); when the peak comes earlier (PatchCore's
-greedy coreset) that overstates the mapped part and biases the copies low (~0.3 at these sizes), and
-scoring's map blur temporaries (~3.6 MB per test image in grid_to_maps, not in the predicted buffers)
-bias it high (~0.5) for a config whose peak is in scoring (patchcore_embed64).
+Known limits: the tree sums are not atomic snapshots: processes are read one after another, so while
+two trials first touch the pack, one can be read as its sole mapper and the other after both mapped
+it, and the PSS peak can then show up to 1.5 packs although the kernel's PSS never exceeds one file
+(same file and inode, no deleted mappings); the RSS doubling and feature_files_mapped are the steadier
+signals. In the scaling estimate the mapped RSS is the process's largest (after scoring touched the
+test rows); when the peak comes earlier (PatchCore's greedy coreset) that overstates the mapped part
+and biases the copies low, and scoring's map blur temporaries (in grid_to_maps, not in the predicted
+buffers) bias it high for a config whose peak is in scoring (patchcore_embed64).
 Every value is measured in the run; when the harness cannot run, the keys are None and "reason" says
 why.
 """
@@ -105,9 +104,8 @@ MB = 2**20
 #: glibc's fixed mmap threshold, set for the sweep's processes by default: every buffer of at least
 #: this size is its own mapping, returned to the OS when freed. With glibc's default (a threshold that
 #: rises to 32 MB after the first large free) freed blocks stay in the heap, more so in non-main
-#: arenas (Tune runs the trial function in a thread): measured in-process, PatchCore's scoring at
-#: 240/60 images then peaked 1026 MB above its start and kept 528 MB (fixed threshold: 370 and 13 MB),
-#: an allocator slack that grows with the number of chunks, i.e. with n, and would read as copies.
+#: arenas (Tune runs the trial function in a thread): an allocator slack that grows with the number
+#: of chunks, i.e. with n, and would read as copies (see benchmarks/RESULTS.md).
 MALLOC_ENV = "MALLOC_MMAP_THRESHOLD_"
 DEFAULT_MMAP_THRESHOLD = 1 << 20
 _HEX = frozenset("0123456789abcdef")
@@ -459,11 +457,11 @@ def predicted_working_set(
     p = grid[0] * grid[1]
     parts: dict[str, float] = {}
     if method == "funad":
-        from funad.methods import irmb
         from funad.methods.localnet import HIDDEN
+        from funad.search import search_dtype
 
         dim = 2 * channels
-        item = torch_itemsize(irmb.search_dtype(settings.precision))
+        item = torch_itemsize(search_dtype(settings.precision))
         widths = (dim, dim, *HIDDEN, 1)
         n_params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
         bs = min(settings.batch_size, n_train)

@@ -2,15 +2,20 @@
 
 Arrays may be read-only memory maps of the on-disk cache, or `PackRows` (a split's rows of the
 category's memory map): methods must never write into them, and should convert only the slices
-they need (so N concurrent trials share one page-cached copy).
+they need (so N concurrent trials share one page-cached copy). `FeatureSet.torch_pool` is the one
+way a method reads the whole pool as tensors without copying it.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported on use: `import funad.methods` stays free of it
+    import torch
 
 
 class PackRows:
@@ -66,6 +71,30 @@ class PackRows:
         return PackRows(self.base.reshape(self.base.shape[0], *dims[1:]), self.rows)
 
 
+class TensorRows:
+    """The torch side of a `PackRows`: rows `rows` of the tensor `base`, gathered on indexing.
+
+    Supports what a method reading the pool needs (`shape`, `device`, [slice], [index tensor]);
+    every read is a gather into a new tensor, so the shared memory-mapped pack is never copied whole.
+    """
+
+    def __init__(self, base: torch.Tensor, rows: torch.Tensor) -> None:
+        self.base, self.rows = base, rows
+
+    @property
+    def shape(self) -> torch.Size:
+        import torch
+
+        return torch.Size((self.rows.shape[0], *self.base.shape[1:]))
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def __getitem__(self, key: slice | torch.Tensor) -> torch.Tensor:
+        return self.base[self.rows[key]]
+
+
 @dataclass
 class FeatureSet:
     """Features of N images from one backbone.
@@ -83,8 +112,8 @@ class FeatureSet:
     """
 
     image_ids: list[str]
-    cls: np.ndarray
-    patches: np.ndarray
+    cls: np.ndarray | PackRows
+    patches: np.ndarray | PackRows
     labels: np.ndarray
     masks: np.ndarray | None = None
 
@@ -119,6 +148,45 @@ class FeatureSet:
             labels=self.labels[idx],
             masks=None if self.masks is None else self.masks[idx],
         )
+
+    def torch_pool(
+        self, device: torch.device | str
+    ) -> tuple[torch.Tensor | TensorRows, torch.Tensor | TensorRows]:
+        """(cls [N, C], patches [N, H*W, C]) in the cache dtype, for a method that reads the pool often.
+
+        On the CPU these are read-only views of the (memory-mapped) arrays, or `TensorRows` over the
+        pack for a `PackRows` split, so concurrent trials of one category share the page-cached pack
+        instead of each holding a private copy; nothing may write into them (every use must be a
+        gather or a cast into a new tensor: a write into a read-only map would fault). On a GPU this
+        is the one host->device copy.
+        """
+        import torch
+
+        dev = torch.device(device)
+        patches = self.patches.reshape(self.n, -1, self.channels)
+        return _pool_tensor(self.cls, dev), _pool_tensor(patches, dev)
+
+
+def _pool_tensor(a: np.ndarray | PackRows, dev: torch.device) -> torch.Tensor | TensorRows:
+    """One pool array as a tensor: a shared view on the CPU (see `FeatureSet.torch_pool`)."""
+    import torch
+
+    if isinstance(a, PackRows):
+        if dev.type == "cpu":
+            return TensorRows(_read_only_tensor(a.base, dev), torch.from_numpy(a.rows))
+        return torch.from_numpy(np.asarray(a)).to(dev)
+    return _read_only_tensor(a, dev)
+
+
+def _read_only_tensor(a: np.ndarray, dev: torch.device) -> torch.Tensor:
+    """a as a tensor: on the CPU a view of the (read-only) array, on a GPU a device copy."""
+    import torch
+
+    if dev.type == "cpu":
+        with warnings.catch_warnings():  # torch warns that the array is not writable: we never write
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(a)
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
 
 
 def _rows_of(a: np.ndarray | PackRows, idx: np.ndarray) -> np.ndarray | PackRows:

@@ -9,10 +9,10 @@ from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
 
 from funad.featureset import FeatureSet, PackRows
-from funad.knn import faiss_available
 from funad.methods import FitContext, create_method, default_settings
 from funad.methods.funad import DIAG_KEYS, FunAD, FunADSettings
 from funad.methods.localnet import LocalNet, count_parameters
+from funad.search import faiss_available
 
 GRID, CH = 4, 8
 FAST = {"epochs": 4, "batch_size": 8, "lr": 1e-3}
@@ -247,3 +247,39 @@ def test_bf16_band_rows_are_padded_to_few_shapes() -> None:
         assert not out[n:].any()
         sizes.add(m)
     assert len(sizes) <= 4 * 13 + 1  # 2^12 < 5000 <= 2^13
+
+
+def test_cost_is_the_epoch_count() -> None:
+    """Cells are launched longest first: FunAD's relative cost is its epochs, a one-shot method's 1."""
+    from funad.methods import method_class
+
+    funad = method_class("funad")
+    assert funad.cost(funad.Settings(epochs=7)) == 7.0
+    assert funad.cost(funad.Settings()) == float(FunADSettings().epochs)
+    patchcore = method_class("patchcore")
+    assert patchcore.cost(patchcore.Settings()) == 1.0
+
+
+def test_torch_pool_shares_the_arrays_on_the_cpu() -> None:
+    """The pool's tensors are views of the (read-only) arrays, never copies; a PackRows split reads the
+    one category array through its row list, and indexing gives exactly the gathered rows."""
+    category = _featureset(9, [2], seed=7, readonly=True)
+    cls, patches = category.torch_pool("cpu")
+    assert isinstance(cls, torch.Tensor) and isinstance(patches, torch.Tensor)
+    assert cls.data_ptr() == category.cls.ctypes.data
+    assert patches.data_ptr() == category.patches.ctypes.data and patches.shape == (9, GRID * GRID, CH)
+    rows = np.array([5, 0, 8, 3])
+    split = FeatureSet(
+        [category.image_ids[i] for i in rows],
+        PackRows(category.cls, rows),
+        PackRows(category.patches, rows),
+        category.labels[rows],
+    )
+    s_cls, s_pat = split.torch_pool("cpu")
+    assert s_cls.shape == (4, CH) and s_pat.shape == (4, GRID * GRID, CH)
+    assert s_pat.base.data_ptr() == category.patches.ctypes.data  # the category's memory, not a copy
+    assert s_cls.base.data_ptr() == category.cls.ctypes.data
+    want = category.patches[rows].reshape(4, GRID * GRID, CH)
+    assert np.array_equal(s_pat[torch.tensor([3, 1])].numpy(), want[[3, 1]])
+    assert np.array_equal(s_pat[1:3].numpy(), want[1:3])
+    assert np.array_equal(s_cls[torch.arange(4)].numpy(), category.cls[rows])

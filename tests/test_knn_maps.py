@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from funad.knn import faiss_available, knn
 from funad.maps import gaussian_blur, grid_to_maps
+from funad.search import faiss_available, knn
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])

@@ -8,8 +8,7 @@ import logging
 import pytest
 import torch
 
-from funad import native
-from funad.methods import irmb
+from funad import native, search
 
 #: block b's entries enter with index OFF * b + position (OFF > every block side)
 OFF = 10_000
@@ -20,7 +19,7 @@ def kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FUNAD_NATIVE", "1")
     native.reset()
     if native._compiler() is None:
-        pytest.skip("no C compiler on this machine: the torch path runs (tested in test_funad_irmb)")
+        pytest.skip("no C compiler on this machine: the torch path runs (tested in test_search)")
     assert native.library() is not None, "a C compiler is here but the kernels did not build"
     yield
     native.reset()
@@ -161,7 +160,7 @@ def test_versions_column_follows_the_first_search(kernels: None) -> None:
 
     native.reset()
     assert json.loads(versions.versions_json())["funad_native"] is None
-    irmb.nearest(torch.randn(5, 4), torch.randn(6, 4), 2)
+    search.nearest(torch.randn(5, 4), torch.randn(6, 4), 2)
     assert json.loads(versions.versions_json())["funad_native"].startswith("funad_kernels_")
 
 

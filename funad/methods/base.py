@@ -70,6 +70,11 @@ class Method(ABC):
     #: names of end-of-training diagnostics this method emits (become diag_<name> columns)
     diagnostic_names: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def cost(cls, settings: MethodSettings) -> float:
+        """Relative run time of a cell with these settings (the sweep starts the costliest first)."""
+        return 1.0
+
     @abstractmethod
     def fit(self, train: FeatureSet, ctx: FitContext) -> None:
         """Fit on the training pool. train.labels may be read for diagnostics only."""

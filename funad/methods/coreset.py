@@ -21,8 +21,8 @@ import torch
 
 #: torch CPU threads used inside the greedy loop. Each step is a handful of tiny ops, and every
 #: multi-threaded op is a fork/join barrier: on a shared, oversubscribed CPU (parallel trials) a
-#: barrier waits for a descheduled partner thread. Measured on 2 shared cores, 1000 steps over
-#: 39,200 x 128: 2.3 s with 1 thread vs 50 s with 2. None = leave torch's setting alone.
+#: barrier waits for a descheduled partner thread, so one thread is many times faster there (see
+#: benchmarks/RESULTS.md). None = leave torch's setting alone.
 GREEDY_CPU_THREADS: int | None = 1
 
 #: offset between the projection's seed and the first-point seed, so the two draws are independent

@@ -1,18 +1,21 @@
 """FUN-AD (Im, Son, Hong, WACV 2025): fully unsupervised AD trained with IRMB pseudo-labels.
 
-Clean-room implementation from /work/shared/spec/funad-method.md (not from the authors' code).
+Clean-room implementation from docs/funad-method.md (not from the authors' code).
 A point-wise Local-Net (`localnet.py`) is trained on the contaminated pool with patch pseudo-labels
-that come from a memory bank rebuilt from the current model every iteration (`irmb.py`):
+that come from a memory bank rebuilt from the current model every iteration (`irmb.py`, with the
+searches of `funad.search`):
 
-per iteration (bank rebuilt every `bank_every` iterations):
-  1. no-grad pass over the whole pool -> image scores and adapted features z (one pass, kept in a
-     reused buffer; the bank and the batch queries are gathered from it, never recomputed);
-  2. candidates C = {min-max(score) < eta}; R = floor(keep_ratio*|C|) of them uniformly; bank = z of R;
-  3. batch patches: k nearest bank distances, eps0 self-match rule (or own-image exclusion);
-     batch min-max -> labels y = d̃ > tau_n; uncertain band tau_n < d̃ < tau_c;
-  4. Gaussian noise on the band patches' raw descriptors; mutual nearest pairs among the clean
-     adapted batch features;
-  5. L = balanced BCE (noised inputs) + lam * L_MS (clean inputs), one RMSprop step.
+per iteration (bank rebuilt every `bank_every` iterations), one private step each in `FunAD._iteration`:
+  1. pool pass + bank: no-grad pass over the whole pool -> image scores and adapted features z (one
+     pass, kept in a reused buffer; the bank and the batch queries are gathered from it, never
+     recomputed); candidates C = {min-max(score) < eta}; R = floor(keep_ratio*|C|) of them
+     uniformly; bank = z of R;
+  2. batch search: each batch patch's k nearest bank distances, and the mutual nearest pairs among
+     the clean adapted batch features (one symmetric pass for both while the bank is current);
+  3. pseudo-labels: eps0 self-match rule (or own-image exclusion); batch min-max -> labels
+     y = d̃ > tau_n; uncertain band tau_n < d̃ < tau_c;
+  4. band noise: Gaussian noise on the band patches' raw descriptors;
+  5. losses + step: L = balanced BCE (noised inputs) + lam * L_MS (clean inputs), one RMSprop step.
 
 Our choices where the spec is silent (all settings or documented here):
   * A pool smaller than batch_size is used whole as one batch per epoch.
@@ -29,15 +32,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
-import warnings
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from funad.featureset import FeatureSet, PackRows
+from funad import search
+from funad.featureset import FeatureSet, TensorRows
 from funad.maps import grid_to_maps
 from funad.methods import irmb, register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores
@@ -125,70 +128,19 @@ class FunADSettings(MethodSettings):
         return self
 
 
-class _Rows:
-    """The torch side of a `PackRows` pool: rows `rows` of `base`, gathered on indexing.
-
-    Supports what score_pool and _iteration use (shape, [slice], [index tensor]); every read is a
-    gather into a new tensor, so the shared memory-mapped pack is never copied whole.
-    """
-
-    def __init__(self, base: torch.Tensor, rows: torch.Tensor) -> None:
-        self.base, self.rows = base, rows
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((self.rows.shape[0], *self.base.shape[1:]))
-
-    @property
-    def device(self) -> torch.device:
-        return self.base.device
-
-    def __getitem__(self, key: slice | torch.Tensor) -> torch.Tensor:
-        return self.base[self.rows[key]]
-
-
-def _pool_tensor(a: np.ndarray | PackRows, dev: torch.device) -> torch.Tensor | _Rows:
-    """The pool's features for training: a shared view on the CPU (see `_read_only_tensor`)."""
-    if isinstance(a, PackRows):
-        if dev.type == "cpu":
-            return _Rows(_read_only_tensor(a.base, dev), torch.from_numpy(a.rows))
-        return torch.from_numpy(np.asarray(a)).to(dev)  # the one host->device copy
-    return _read_only_tensor(a, dev)
-
-
 def _bucket_rows(x: torch.Tensor) -> torch.Tensor:
     """x [n, D] padded with zero rows to one of at most 4 sizes per power of two (< n/2 extra).
 
     The band's row count changes every iteration; under bf16 autocast on the CPU, oneDNN keeps a
-    kernel (with a bf16 copy of the weights, ~8 MB here) per input shape, which grew the process
-    by ~10 MB per iteration (measured). Padding to buckets bounds the number of shapes (the band
-    is a small part of the batch, so the padded FLOPs are too); the padded rows' outputs are
-    dropped, so they get no gradient and change nothing.
+    kernel (with a bf16 copy of the weights) per input shape, which grew the process every
+    iteration. Padding to buckets bounds the number of shapes (the band is a small part of the
+    batch, so the padded FLOPs are too); the padded rows' outputs are dropped, so they get no
+    gradient and change nothing.
     """
     n = x.shape[0]
     step = max(1, (1 << (n - 1).bit_length()) // 4)
     size = -(-n // step) * step
     return x if size == n else torch.cat([x, x.new_zeros((size - n, x.shape[1]))])
-
-
-def _read_only_tensor(a: np.ndarray, dev: torch.device) -> torch.Tensor:
-    """The pool's features as a tensor: on the CPU a view of the (memory-mapped, read-only) array.
-
-    Concurrent trials of one category then share the page-cached pack instead of each holding a
-    private copy. Nothing in fit writes into these tensors (every use is a gather or a cast into a
-    new tensor; a write into a read-only map would fault). On a GPU this is the one host->device copy.
-    """
-    if dev.type == "cpu":
-        with warnings.catch_warnings():  # torch warns that the array is not writable: we never write
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(a)
-    return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
-
-
-def _descriptors(cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-    """[B, C], [B, P, C] -> raw descriptors [B, P, 2C] fp32 (CLS half first)."""
-    b, p, c = patches.shape
-    return torch.cat([cls.float()[:, None, :].expand(b, p, c), patches.float()], dim=2)
 
 
 def _descriptor_rows(cls: torch.Tensor, patches: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -229,6 +181,46 @@ def _epoch_means(stats: list[dict[str, torch.Tensor | float]]) -> dict[str, floa
     return out
 
 
+@dataclass
+class BankState:
+    """The memory bank of the last rebuild, reused by the iterations until the next one (bank_every)."""
+
+    chosen: torch.Tensor  # [R] sorted image indices drawn into the bank
+    gathered: torch.Tensor | None  # [R*P, D] their z, or None where only the fused search reads the bank
+    owner: torch.Tensor | None  # [R*P] image of each bank row (exclude_own_image only)
+    diag: dict[str, torch.Tensor | float]  # the rebuild's diagnostics, repeated until the next one
+
+
+@dataclass
+class TrainState:
+    """What the training iterations read and update (set up once per fit)."""
+
+    net: LocalNet
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # shuffling, bank draw, noise
+    cls: torch.Tensor | TensorRows  # [N, C] the pool, cache dtype (see FeatureSet.torch_pool)
+    patches: torch.Tensor | TensorRows  # [N, P, C]
+    injected: torch.Tensor  # [N] bool, diagnostics ONLY
+    z_buf: torch.Tensor  # [N, P, D] adapted features of the last pool pass
+    bank: BankState | None = None
+    it: int = 0  # iterations done
+
+
+def start_training(
+    s: FunADSettings,
+    net: LocalNet,
+    gen: torch.Generator,
+    cls: torch.Tensor | TensorRows,
+    patches: torch.Tensor | TensorRows,
+    injected: torch.Tensor,
+) -> TrainState:
+    """Optimiser and reused z buffer for training `net` on the pool (cls [N, C], patches [N, P, C])."""
+    opt = torch.optim.RMSprop(net.parameters(), lr=s.lr, momentum=s.momentum)
+    n, n_patch, c = patches.shape
+    z_buf = torch.empty((n, n_patch, 2 * c), dtype=search.search_dtype(s.precision), device=patches.device)
+    return TrainState(net, opt, gen, cls, patches, injected, z_buf)
+
+
 @register
 class FunAD(Method):
     """FUN-AD: Local-Net trained on IRMB pseudo-labels; scores = max patch probability."""
@@ -238,8 +230,6 @@ class FunAD(Method):
     diagnostic_names: ClassVar[tuple[str, ...]] = DIAG_KEYS
 
     _net: LocalNet | None = None
-    #: seconds per training iteration of the last fit (mean), for benchmarks
-    iter_seconds: float = float("nan")
 
     @property
     def cfg(self) -> FunADSettings:
@@ -254,6 +244,12 @@ class FunAD(Method):
             raise RuntimeError("FunAD: call fit() before score()")
         return self._net
 
+    @classmethod
+    def cost(cls, settings: MethodSettings) -> float:
+        """Training dominates a cell and grows with the epochs."""
+        assert isinstance(settings, FunADSettings)
+        return float(settings.epochs)
+
     # ---- training -----------------------------------------------------------------------
     def fit(self, train: FeatureSet, ctx: FitContext) -> None:
         """Train Local-Net on the unlabelled pool; train.labels feed diagnostics only."""
@@ -262,9 +258,6 @@ class FunAD(Method):
         n = train.n
         if n < 1:
             raise ValueError("FunAD.fit: empty training pool")
-        h, w = train.grid
-        n_patch, c = h * w, train.channels
-        dim = 2 * c
         self.history, self.diagnostics, self.oracle = [], {}, {}
 
         # Quirk 2: the reference builds Local-Net before seeding, so its init differs on every run. Our
@@ -275,43 +268,33 @@ class FunAD(Method):
             init_gen.seed()
         else:
             init_gen.manual_seed(ctx.seed)
-        net = LocalNet(dim, init_gen).to(dev)
+        net = LocalNet(2 * train.channels, init_gen).to(dev)
         self._net = net
         gen = torch.Generator(device=dev).manual_seed(ctx.seed + _TRAIN_SEED_OFFSET)
-        cls = _pool_tensor(train.cls, dev)
-        patches = _pool_tensor(train.patches.reshape(n, n_patch, c), dev)
+        cls, patches = train.torch_pool(dev)  # [N, C], [N, P, C]: shared views on the CPU
         injected = torch.from_numpy(np.asarray(train.labels) > 0).to(dev)  # diagnostics ONLY
-        opt = torch.optim.RMSprop(net.parameters(), lr=s.lr, momentum=s.momentum)
+        st = start_training(s, net, gen, cls, patches, injected)
 
         bs = min(s.batch_size, n)  # a pool smaller than batch_size is one whole-pool batch
         n_batches = n // bs if s.drop_last else math.ceil(n / bs)
-        z_buf = torch.empty((n, n_patch, dim), dtype=irmb.search_dtype(s.precision), device=dev)
-        bank_state: dict[str, Any] = {}
         best = -math.inf
-        it = 0
-        t_train = 0.0
         for epoch in range(1, s.epochs + 1):
-            t0 = time.perf_counter()
             perm = torch.randperm(n, generator=gen, device=dev)
             stats: list[dict[str, torch.Tensor | float]] = []
             for b in range(n_batches):
-                idx = perm[b * bs : (b + 1) * bs]
-                stats.append(
-                    self._iteration(net, opt, gen, cls, patches, injected, idx, z_buf, bank_state, it)
-                )
-                it += 1
-                if s.log_every and it % s.log_every == 0:
-                    logger.info("funad epoch %d iteration %d loss %.6f", epoch, it, float(stats[-1]["loss"]))
-            row: dict[str, Any] = {"epoch": epoch, "iteration": it}
+                stats.append(self._iteration(st, perm[b * bs : (b + 1) * bs]))
+                if s.log_every and st.it % s.log_every == 0:
+                    logger.info(
+                        "funad epoch %d iteration %d loss %.6f", epoch, st.it, float(stats[-1]["loss"])
+                    )
+            row: dict[str, Any] = {"epoch": epoch, "iteration": st.it}
             for key, values in _epoch_means(stats).items():
                 row[key if key.startswith("loss") else f"diag_{key}"] = values
-            t_train += time.perf_counter() - t0
             if ctx.evaluate is not None and ctx.eval_every > 0 and epoch % ctx.eval_every == 0:
                 best = self._evaluate(ctx, row, epoch, best)
             self.history.append(row)
             if ctx.report is not None:
                 ctx.report(dict(row))
-        self.iter_seconds = t_train / max(it, 1)
         last = self.history[-1]
         self.diagnostics = {k: float(last[f"diag_{k}"]) for k in DIAG_KEYS}
 
@@ -334,104 +317,143 @@ class FunAD(Method):
             return crit
         return best
 
-    def _iteration(
-        self,
-        net: LocalNet,
-        opt: torch.optim.Optimizer,
-        gen: torch.Generator,
-        cls: torch.Tensor,
-        patches: torch.Tensor,
-        injected: torch.Tensor,
-        idx: torch.Tensor,
-        z_buf: torch.Tensor,
-        bank_state: dict[str, Any],
-        it: int,
-    ) -> dict[str, torch.Tensor | float]:
-        """One pseudo-label + optimiser step on the images `idx`; returns history values.
+    def _iteration(self, st: TrainState, idx: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        """One pseudo-label + optimiser step on the images idx [B] (the module doc's five steps).
 
-        Device values stay on the device (no per-iteration host copies); the epoch syncs once.
+        Returns the history values; device values stay on the device (no per-iteration host copies:
+        the epoch syncs once).
         """
         s = self.cfg
-        n_patch, dim = patches.shape[1], z_buf.shape[2]
-        search = {"rerank": s.rerank, "precision": s.precision, "backend": s.knn_backend}
-        # 1-2. pool pass and bank (or reuse of the last bank) -> batch queries in adapted space
-        rebuilt = it % s.bank_every == 0
+        rebuilt = st.it % s.bank_every == 0
+        # the bank is current and searched by torch: one symmetric pass serves both searches
         fused = rebuilt and not s.exclude_own_image and s.knn_backend in ("auto", "torch")
-        if rebuilt:
-            scores, _ = irmb.score_pool(
-                net, cls, patches, chunk=s.pool_chunk, precision=s.precision, z_out=z_buf
+        query = self._pool_pass(st, idx, rebuilt, fused)  # [B*P, D] adapted batch features
+        dist, u, v = self._search(st, idx, query, fused)  # [B*P, k] bank distances; pairs [M], [M]
+        y, band = self._pseudo_labels(dist)  # [B*P] bool each
+        cls_b, pat_b = st.cls[idx].float(), st.patches[idx].float()  # [B, C], [B, P, C] raw features
+        noised, x_noised = self._band_noise(st.gen, cls_b, pat_b, band)  # band rows [n], their [n, D]
+        losses = self._step(st, cls_b, pat_b, noised, x_noised, y, u, v)  # (loss, bce, ms)
+        st.it += 1
+        return self._history_values(st, idx, losses, y, band, u)
+
+    def _pool_pass(self, st: TrainState, idx: torch.Tensor, rebuilt: bool, fused: bool) -> torch.Tensor:
+        """Step 1: the batch queries in adapted space [B*P, D]; on a rebuild, first the no-grad pass
+        over the whole pool (into z_buf, the one pass the bank and queries are gathered from) and the
+        bank. Without a rebuild the bank is the last one built and the batch is scored with the
+        current weights (the bank is stale, the query is not)."""
+        s = self.cfg
+        n_patch, dim = st.z_buf.shape[1], st.z_buf.shape[2]
+        if not rebuilt:
+            _, zq = irmb.score_pool(
+                st.net, st.cls[idx], st.patches[idx], chunk=s.pool_chunk, precision=s.precision
             )
-            cand = irmb.select_candidates(scores, s.eta)
-            chosen = irmb.draw_bank_images(cand, s.keep_ratio, gen)
-            n_cand = cand.sum()
-            bank_state["chosen"] = chosen
+            return zq.reshape(-1, dim)
+        scores, _ = irmb.score_pool(
+            st.net, st.cls, st.patches, chunk=s.pool_chunk, precision=s.precision, z_out=st.z_buf
+        )
+        cand = irmb.select_candidates(scores, s.eta)  # [N] bool
+        chosen = irmb.draw_bank_images(cand, s.keep_ratio, st.gen)  # [R]
+        n_cand = cand.sum()
+        st.bank = BankState(
+            chosen=chosen,
             # a gathered copy of the bank only where a later search needs it on its own
-            bank_state["bank"] = None if fused and s.bank_every == 1 else z_buf[chosen].reshape(-1, dim)
-            bank_state["owner"] = chosen.repeat_interleave(n_patch) if s.exclude_own_image else None
-            bank_state["diag"] = {
+            gathered=None if fused and s.bank_every == 1 else st.z_buf[chosen].reshape(-1, dim),
+            owner=chosen.repeat_interleave(n_patch) if s.exclude_own_image else None,
+            diag={
                 "candidates": n_cand.float(),
                 "bank_images": float(chosen.numel()),
                 "bank_size": float(chosen.numel() * n_patch),
-                "cand_injected_frac": (cand & injected).sum() / n_cand,
-            }
-            query = z_buf[idx].reshape(-1, dim)
-        else:
-            _, zq = irmb.score_pool(net, cls[idx], patches[idx], chunk=s.pool_chunk, precision=s.precision)
-            query = zq.reshape(-1, dim)
-        # 3-4a. distances to the bank and mutual pairs among the clean adapted batch features
+                "cand_injected_frac": (cand & st.injected).sum() / n_cand,
+            },
+        )
+        return st.z_buf[idx].reshape(-1, dim)
+
+    def _search(
+        self, st: TrainState, idx: torch.Tensor, query: torch.Tensor, fused: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step 2: each query's k nearest bank distances [B*P, k], and the mutual pairs (u, v)
+        among the clean adapted batch features."""
+        s = self.cfg
+        bank = st.bank
+        assert bank is not None, "the first iteration always rebuilds the bank"
+        n_patch, dim = st.z_buf.shape[1], st.z_buf.shape[2]
         if fused:
-            # the bank is current: the batch images drawn into it share the batch x batch GEMM blocks
-            # of the pair search, so one symmetric pass serves both searches
-            chosen = bank_state["chosen"]
-            in_batch = torch.isin(chosen, idx)
-            member = torch.isin(idx, chosen).repeat_interleave(n_patch)
-            extra = z_buf[chosen[~in_batch]].reshape(-1, dim) if bool((~in_batch).any()) else None
-            dist, u, v = irmb.batch_search(
+            # the batch images drawn into the bank share the batch x batch GEMM blocks of the pair search
+            in_batch = torch.isin(bank.chosen, idx)
+            member = torch.isin(idx, bank.chosen).repeat_interleave(n_patch)  # [B*P]
+            extra = st.z_buf[bank.chosen[~in_batch]].reshape(-1, dim) if bool((~in_batch).any()) else None
+            return search.batch_search(
                 query, member, extra, s.k, rerank=s.rerank, chunk=s.pair_chunk, precision=s.precision
             )
-        else:
-            q_owner = idx.repeat_interleave(n_patch) if s.exclude_own_image else None
-            dist, _ = irmb.nearest(
-                query,
-                bank_state["bank"],
-                s.k,
-                chunk=s.knn_chunk,
-                query_owner=q_owner,
-                bank_owner=bank_state["owner"],
-                **search,
-            )
-            u, v = irmb.mutual_pairs(query, chunk=s.pair_chunk, **search)
+        assert bank.gathered is not None
+        opts = {"rerank": s.rerank, "precision": s.precision, "backend": s.knn_backend}
+        q_owner = idx.repeat_interleave(n_patch) if s.exclude_own_image else None
+        dist, _ = search.nearest(
+            query, bank.gathered, s.k, chunk=s.knn_chunk, query_owner=q_owner, bank_owner=bank.owner, **opts
+        )
+        u, v = search.mutual_pairs(query, chunk=s.pair_chunk, **opts)
+        return dist, u, v
+
+    def _pseudo_labels(self, dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 3: distances [B*P, k] -> labels y and the uncertain band, [B*P] bool each."""
+        s = self.cfg
         d = irmb.own_excluded_distance(dist) if s.exclude_own_image else irmb.skip_self_distance(dist, s.eps0)
         y, band, _ = irmb.pseudo_labels(d, s.tau_n, s.tau_c)
-        # 4b. noise on raw descriptors of the band: only the band rows are ever built as [cls ; t]
-        cls_b, pat_b = cls[idx].float(), patches[idx].float()
-        n_rows = pat_b.shape[0] * n_patch
+        return y, band
+
+    def _band_noise(
+        self, gen: torch.Generator, cls_b: torch.Tensor, pat_b: torch.Tensor, band: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 4: noise on the raw descriptors of the band rows; only those rows are ever built as
+        [cls ; t]. Returns (band row indices [n], noised descriptors [n, D])."""
+        s = self.cfg
         sigma: torch.Tensor | float = (
             _descriptor_sigma(cls_b, pat_b) if s.sigma_mode == "batch_std" else s.sigma
         )
         noised = torch.nonzero(band, as_tuple=True)[0]
         x_noised = irmb.add_band_noise(
-            _descriptor_rows(cls_b, pat_b, noised), torch.ones_like(noised, dtype=torch.bool), sigma, gen,
+            _descriptor_rows(cls_b, pat_b, noised),
+            torch.ones_like(noised, dtype=torch.bool),
+            sigma,
+            gen,
             inplace=True,
         )
-        # 5. losses and one RMSprop step, in fp32 (or under bf16 autocast: train_precision).
-        # Clean rows go through the split adaptor (the CLS half once per image; spec: the same
-        # function), noised rows through the full one. The head runs on EVERY clean row: the band
-        # rows' clean logits are what L_MS needs (it sees clean inputs), and the noised logits
-        # replace them in the BCE input only, so no [rows, D] copy of z is ever built.
+        return noised, x_noised
+
+    def _step(
+        self,
+        st: TrainState,
+        cls_b: torch.Tensor,
+        pat_b: torch.Tensor,
+        noised: torch.Tensor,
+        x_noised: torch.Tensor,
+        y: torch.Tensor,
+        u: torch.Tensor,
+        v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step 5: L = balanced BCE (noised inputs) + lam * L_MS (clean inputs), one RMSprop step, in
+        fp32 (or under bf16 autocast: train_precision). Returns (loss, bce, ms), detached.
+
+        Clean rows go through the split adaptor (the CLS half once per image; the same function),
+        noised rows through the full one. The head runs on EVERY clean row: the band rows' clean
+        logits are what L_MS needs (it sees clean inputs), and the noised logits replace them in the
+        BCE input only, so no [rows, D] copy of z is ever built.
+        """
+        s, net = self.cfg, st.net
+        n_rows, dim = pat_b.shape[0] * pat_b.shape[1], st.z_buf.shape[2]
         autocast = (
             torch.autocast(device_type=pat_b.device.type, dtype=torch.bfloat16)
             if s.train_precision == "bf16"
             else contextlib.nullcontext()
         )
-        with irmb.matmul_precision("fp32"):
+        with search.matmul_precision("fp32"):
             with autocast:
-                z = net.adapt_split(cls_b, pat_b).reshape(n_rows, dim)
-                logits_clean = net.head_logits(z)
+                z = net.adapt_split(cls_b, pat_b).reshape(n_rows, dim)  # [B*P, D]
+                logits_clean = net.head_logits(z)  # [B*P]
                 logits_noised = None
                 if noised.numel():
                     x_in = _bucket_rows(x_noised) if s.train_precision == "bf16" else x_noised
-                    logits_noised = net.head_logits(net.adapt(x_in))[: noised.numel()]
+                    logits_noised = net.head_logits(net.adapt(x_in))[: noised.numel()]  # [n]
             logits_clean = logits_clean.float()
             logits_in = (
                 logits_clean.index_put((noised,), logits_noised.float())
@@ -445,23 +467,36 @@ class FunAD(Method):
                 torch.sigmoid(pair_logits[u]), torch.sigmoid(pair_logits[v]), s.ms_loss
             )
             loss = loss_bce + s.lam * loss_ms
-            opt.zero_grad(set_to_none=True)
+            st.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-        # diagnostics: injected-image labels are read here and nowhere else
-        inj = injected[idx].repeat_interleave(n_patch)
+            st.opt.step()
+        return loss.detach(), loss_bce.detach(), loss_ms.detach()
+
+    def _history_values(
+        self,
+        st: TrainState,
+        idx: torch.Tensor,
+        losses: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        y: torch.Tensor,
+        band: torch.Tensor,
+        u: torch.Tensor,
+    ) -> dict[str, torch.Tensor | float]:
+        """The iteration's losses and diagnostics; injected-image labels are read here and nowhere else."""
+        assert st.bank is not None
+        n_patch = st.z_buf.shape[1]
+        inj = st.injected[idx].repeat_interleave(n_patch)
         n_pos, n_inj = y.sum(), inj.sum()
         hit = (y & inj).sum().float()
         nan = float("nan")
         return {
-            "loss": loss.detach(),
-            "loss_bce": loss_bce.detach(),
-            "loss_ms": loss_ms.detach(),
-            **bank_state["diag"],
+            "loss": losses[0],
+            "loss_bce": losses[1],
+            "loss_ms": losses[2],
+            **st.bank.diag,
             "pos_frac": y.float().mean(),
             "band_frac": band.float().mean(),
             "mutual_pairs": float(u.numel()),
-            "pl_precision": torch.where((n_pos > 0) & injected.any(), hit / n_pos.clamp(min=1), nan),
+            "pl_precision": torch.where((n_pos > 0) & st.injected.any(), hit / n_pos.clamp(min=1), nan),
             "pl_recall": torch.where(n_inj > 0, hit / n_inj.clamp(min=1), nan),
         }
 
@@ -475,7 +510,7 @@ class FunAD(Method):
         n, c = test.n, test.channels
         grid = torch.empty((n, h * w), dtype=torch.float32)
         chunk = self.cfg.pool_chunk
-        with irmb.matmul_precision("fp32"):
+        with search.matmul_precision("fp32"):
             for s in range(0, n, chunk):
                 e = min(n, s + chunk)
                 cls = torch.from_numpy(np.array(test.cls[s:e], dtype=np.float32)).to(dev)

@@ -6,7 +6,7 @@ Every patch descriptor x = [cls ; t] (D = 2C) goes through
                   Linear(128, 1), Sigmoid                             -> anomaly probability p
 No spatial mixing, no normalisation, no dropout (4,066,049 parameters at D = 1536).
 
-The discriminator returns logits; the sigmoid is applied by `forward`/`probs`, and the loss uses
+The discriminator returns logits; the sigmoid is applied by `forward`, and the loss uses
 log-sigmoid of the logits, which equals log(Sigmoid(.)) but does not saturate to -inf in fp32.
 
 `adapt_split` computes the adaptor on [cls ; t] without materialising the concatenation: the

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from funad.featureset import FeatureSet
-from funad.knn import knn
 from funad.maps import grid_to_maps
 from funad.methods import register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores
 from funad.methods.coreset import coreset_size, greedy_coreset
+from funad.search import knn
 
 #: number of memory neighbours b of m* in the image-score reweighting (the paper uses b = 3)
 NUM_NEIGHBORS_REWEIGHT = 3

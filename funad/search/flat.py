@@ -1,14 +1,16 @@
-"""Exact k-nearest-neighbour search (squared L2) with two backends.
+"""The plain flat k-nearest-neighbour search (squared L2) with two backends, used by PatchCore and SoftPatch.
 
 `torch`: chunked matmul form ||q||^2 - 2 q.b + ||b||^2, memory bounded by `chunk` queries, runs on
 whatever device the tensors are on (TF32/bf16 follow torch's global matmul settings).
-`faiss`: IndexFlatL2 (a GPU index when faiss sees a GPU and the data is on CUDA).
-Both are exact; the benchmark compares their speed.
+`faiss`: IndexFlatL2 (a GPU index when faiss sees a GPU and the data is on CUDA); faiss is an
+optional extra ('cpu' or 'gpu'), so its absence is detected, not assumed.
+Unlike `funad.search.nearest` there is no exact re-rank: distances carry the matmul's rounding.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ import torch
 
 @lru_cache(maxsize=1)
 def faiss_available() -> bool:
+    """Whether the optional faiss extra is installed."""
     try:
         import faiss  # noqa: F401
     except ImportError:
@@ -25,12 +28,12 @@ def faiss_available() -> bool:
 
 @lru_cache(maxsize=1)
 def faiss_gpus() -> int:
+    """GPUs faiss can use (0 without faiss or with the CPU build)."""
     if not faiss_available():
         return 0
     import faiss
 
-    get = getattr(faiss, "get_num_gpus", None)
-    return int(get()) if get is not None else 0
+    return int(faiss.get_num_gpus())
 
 
 def _knn_torch(
@@ -56,8 +59,7 @@ def _knn_faiss(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.T
     device = query.device
     index: faiss.Index = faiss.IndexFlatL2(dim)
     if device.type == "cuda" and faiss_gpus() > 0:
-        res = _gpu_resources()
-        index = faiss.index_cpu_to_gpu(res, device.index or 0, index)
+        index = faiss.index_cpu_to_gpu(_gpu_resources(), device.index or 0, index)
     b = np.ascontiguousarray(bank.detach().float().cpu().numpy())
     q = np.ascontiguousarray(query.detach().float().cpu().numpy())
     index.add(b)
@@ -66,7 +68,7 @@ def _knn_faiss(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.T
 
 
 @lru_cache(maxsize=1)
-def _gpu_resources():  # pragma: no cover - needs a GPU
+def _gpu_resources() -> Any:  # pragma: no cover - needs a GPU
     import faiss
 
     return faiss.StandardGpuResources()
