@@ -19,6 +19,9 @@ from typing import Any
 
 import torch
 
+from benchmarks.inreach_bench import FULL_SHAPES as INREACH_SHAPES
+from benchmarks.inreach_bench import TINY_SHAPES as INREACH_TINY
+from benchmarks.inreach_bench import run_inreach_bench
 from benchmarks.irmb_bench import CPU_SHAPES, run_irmb_bench
 from benchmarks.memory_bench import run_memory_bench
 from benchmarks.sweep_bench import KEYS as SWEEP_KEYS
@@ -66,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     print(f"irmb benchmark done in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+    result.update(run_inreach_bench(**(INREACH_TINY if args.tiny else INREACH_SHAPES)))
+    print(f"inreach benchmark done in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
     print(json.dumps(result, default=float), file=sys.stderr, flush=True)  # survives a cut-short sweep
     if args.skip_sweep:
         result.update({**dict.fromkeys(SWEEP_KEYS), "reason": "skipped (--skip-sweep)"})

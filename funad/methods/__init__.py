@@ -1,4 +1,8 @@
-"""Registry of methods: the harness and users say `funad`, `patchcore`, `softpatch`."""
+"""Registry of methods: the harness and users name a method (`funad`, `patchcore`, ...) and get its class.
+
+Built-in methods register themselves with `@register`; methods of other installed packages come in
+through the entry-point group `funad_bench.methods` (see `plugins.py` and docs/methods.md).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from typing import Any
 from funad.methods.base import FitContext, Method, MethodSettings, Scores
 
 _REGISTRY: dict[str, type[Method]] = {}
+#: names of the built-in methods, once loaded (a plugin may not take one)
+_BUILTIN: set[str] = set()
+_plugins_loaded = False
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -20,17 +27,32 @@ def register(cls: type[Method]) -> type[Method]:
 def _load_builtin() -> None:
     # Imported lazily so that `import funad.methods` stays cheap and cycle-free.
     from funad.methods import funad as _funad  # noqa: F401
+    from funad.methods import inreach as _inreach  # noqa: F401
     from funad.methods import patchcore as _patchcore  # noqa: F401
     from funad.methods import softpatch as _softpatch  # noqa: F401
 
 
-def available() -> list[str]:
+def _load() -> None:
+    """Built-ins, then the installed plugins (once; a broken plugin raises PluginError every time)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
     _load_builtin()
+    if not _BUILTIN:
+        _BUILTIN.update(_REGISTRY)
+    from funad.methods.plugins import discover
+
+    _REGISTRY.update(discover(_BUILTIN))
+    _plugins_loaded = True
+
+
+def available() -> list[str]:
+    _load()
     return sorted(_REGISTRY)
 
 
 def method_class(name: str) -> type[Method]:
-    _load_builtin()
+    _load()
     if name not in _REGISTRY:
         raise KeyError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
