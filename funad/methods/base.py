@@ -69,6 +69,8 @@ class Method(ABC):
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
     #: names of end-of-training diagnostics this method emits (become diag_<name> columns)
     diagnostic_names: ClassVar[tuple[str, ...]] = ()
+    #: settings small enough for a seconds-long check on tiny features (funad.methods.conformance)
+    smoke_settings: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def cost(cls, settings: MethodSettings) -> float:

@@ -228,6 +228,7 @@ class FunAD(Method):
     name: ClassVar[str] = "funad"
     Settings: ClassVar[type[MethodSettings]] = FunADSettings
     diagnostic_names: ClassVar[tuple[str, ...]] = DIAG_KEYS
+    smoke_settings: ClassVar[dict[str, Any]] = {"epochs": 8, "batch_size": 4}
 
     _net: LocalNet | None = None
 
