@@ -40,6 +40,8 @@ FORMAT_VERSION = 1
 DEFAULT_CNN_LAYERS: tuple[int, ...] = (2, 3)
 
 BUNDLED_BACKBONE = "tf_efficientnet_lite0"
+#: `weights` values that are not a file path
+WEIGHT_KINDS: tuple[str, ...] = ("bundled", "hub", "random")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -90,8 +92,12 @@ class BackboneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sizes(self) -> BackboneConfig:
-        if not 0 < self.crop <= self.resize:
-            raise ValueError(f"need 0 < crop <= resize, got crop={self.crop}, resize={self.resize}")
+        if self.crop <= 0:
+            raise ValueError(f"crop {self.crop} is not positive (allowed: 0 < crop <= resize)")
+        if self.crop > self.resize:
+            raise ValueError(
+                f"crop {self.crop} is larger than resize {self.resize} (allowed: crop <= resize)"
+            )
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both mean and std, or neither")
         if self.std is not None and any(s <= 0 for s in self.std):
@@ -106,7 +112,7 @@ class BackboneConfig(BaseModel):
     @property
     def weights_kind(self) -> str:
         """'bundled' | 'hub' | 'random' | 'file'."""
-        return self.weights if self.weights in ("bundled", "hub", "random") else "file"
+        return self.weights if self.weights in WEIGHT_KINDS else "file"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Default on-disk locations (overridable by environment) for generated data and feature caches."""
+"""Default on-disk locations (overridable by environment) for generated data and compiled kernels."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ from pathlib import Path
 
 
 def cache_root() -> Path:
-    """$FUNAD_CACHE, else ~/.cache/funad-bench. Holds the built-in datasets and a default feature cache."""
+    """$FUNAD_CACHE, else ~/.cache/funad-bench: holds the built-in datasets and the native kernels."""
     env = os.environ.get("FUNAD_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "funad-bench"
 
 
-def data_cache() -> Path:
-    return cache_root() / "data"
-
-
-def feature_cache() -> Path:
-    return cache_root() / "features"
+def data_cache(cache: str | os.PathLike[str] | None = None) -> Path:
+    """Where built-in datasets are generated: `<cache>/data`, with `cache` = `cache_root()` unless given."""
+    return (cache_root() if cache is None else Path(cache).expanduser()) / "data"

@@ -10,6 +10,7 @@ score -> metrics. The harness's trials call this; so can a notebook:
 
 from __future__ import annotations
 
+import inspect
 import random
 import time
 from collections.abc import Callable
@@ -19,9 +20,12 @@ from typing import Any
 
 import numpy as np
 
-#: the six headline metric keys, in the contract's order
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1max")
+from funad.data.contamination import contaminate
+from rundir import METRIC_KEYS
+
 PICKS = ("best", "median", "worst")
+#: the shortfall policy a cell uses unless it sets one: contaminate()'s own default
+DEFAULT_SHORTFALL: str = inspect.signature(contaminate).parameters["shortfall"].default
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class CellConfig:
     ratio: float | None = 0.0
     count: int | None = None
     overlap: bool = False
-    shortfall: str = "cap"
+    shortfall: str = DEFAULT_SHORTFALL
     seed: int = 0
     eval_every: int = 0
     n_map_examples: int = 2
@@ -100,25 +104,12 @@ def backbone_config(backbone: dict[str, Any]) -> Any:
 
 def open_dataset(dataset: dict[str, Any], data_cache: Path | None = None) -> Any:
     """create_dataset from the cell's dataset dict; data_cache (if given) is where built-in sets live."""
-    import os
-
     from funad.data import create_dataset
 
     opts = dict(dataset)
     kind = opts.pop("kind")
     root = opts.pop("root", None)
-    if data_cache is None:
-        return create_dataset(kind, root=root, **opts)
-    # Built-in datasets are generated under $FUNAD_CACHE/data: point it at the caller's cache.
-    old = os.environ.get("FUNAD_CACHE")
-    os.environ["FUNAD_CACHE"] = str(Path(data_cache))
-    try:
-        return create_dataset(kind, root=root, **opts)
-    finally:
-        if old is None:
-            os.environ.pop("FUNAD_CACHE", None)
-        else:
-            os.environ["FUNAD_CACHE"] = old
+    return create_dataset(kind, root=root, data_cache=data_cache, **opts)
 
 
 def load_crop(record: Any, bcfg: Any) -> np.ndarray:
@@ -162,7 +153,6 @@ def run_cell(
 ) -> CellOutcome:
     """Run one cell: dataset -> contamination split -> cached features -> fit -> score -> metrics."""
     from funad import features
-    from funad.data.contamination import contaminate
     from funad.methods import FitContext, create_method
     from funad.metrics import auroc, compute_metrics
 

@@ -1,9 +1,9 @@
 """The grid: a sweep spec -> cells, each with a stable id.
 
-A cell = (dataset, category, backbone, method, method settings, ratio or count, overlap, seed).
-Its id hashes exactly those values with the method's defaults filled in, so `epochs: 20` written
-out and `epochs` left at its default of 20 are the same cell, in every run and on every machine
-(resume depends on it).
+A cell = (dataset, category, backbone, method, method settings, ratio or count, overlap, seed, and
+the split policy). Its id hashes exactly those values with the defaults filled in, so `epochs: 20`
+written out and `epochs` left at its default of 20 are the same cell, in every run and on every
+machine (resume depends on it).
 """
 
 from __future__ import annotations
@@ -12,14 +12,28 @@ import hashlib
 import itertools
 import json
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from pathlib import Path
+from types import UnionType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from funad.run import CellConfig
+from funad.backbones import BackboneConfig
+from funad.methods import method_class
+from funad.run import DEFAULT_SHORTFALL, CellConfig, open_dataset
 
-#: defaults of the split policy; a cell hashes them only when they differ (so default ids stay put)
-DEFAULT_SHORTFALL = "cap"
+if TYPE_CHECKING:
+    from harness.spec import DatasetSpec, SweepSpec
+
+#: Defining values that were added after cell ids were first handed out, with their defaults (a
+#: dotted path names a field inside a nested value). A value at its default is left out of the
+#: hashed payload, so every cell defined before the field existed keeps its id; any other value
+#: joins the hash. A new defining field gets its entry here.
+HASH_DEFAULTS: dict[str, Any] = {
+    "shortfall": DEFAULT_SHORTFALL,
+    "min_test_anomalies": None,
+    "backbone.border_context": False,
+}
 
 
 @dataclass(frozen=True)
@@ -32,16 +46,38 @@ class Cell:
 
 
 class FeatureJob(NamedTuple):
-    """One (dataset, category, backbone) whose features every cell of it shares (also a 3-tuple)."""
+    """One (dataset, category, backbone) whose features every cell of it shares: one task of the
+    features stage (harness.features_stage)."""
 
     dataset: dict[str, Any]
     category: str
     backbone: dict[str, Any]
 
+    @property
+    def label(self) -> str:
+        return f"{self.dataset['kind']}/{self.category}/{self.backbone['name']}"
+
 
 def canonical_json(obj: Any) -> str:
     """Sorted keys, no whitespace, floats by repr: the same bytes on every machine."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    """Same value and same type (so 0 is not the default False, nor 0.0 the default 0)."""
+    return value is default or (type(value) is type(default) and value == default)
+
+
+def drop_hash_defaults(values: Mapping[str, Any], scope: str = "") -> dict[str, Any]:
+    """`values` without the HASH_DEFAULTS fields that sit at their default (nested ones included)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{scope}{key}"
+        if path in HASH_DEFAULTS and _is_default(value, HASH_DEFAULTS[path]):
+            continue
+        nested = isinstance(value, Mapping) and any(p.startswith(f"{path}.") for p in HASH_DEFAULTS)
+        out[key] = drop_hash_defaults(value, f"{path}.") if nested else value
+    return out
 
 
 def compute_cell_id(
@@ -58,11 +94,11 @@ def compute_cell_id(
     shortfall: str = DEFAULT_SHORTFALL,
     min_test_anomalies: int | None = None,
 ) -> str:
-    """First 16 hex digits of sha256(canonical JSON of the cell's defining values).
+    """First 16 hex digits of sha256(canonical JSON of the cell's defining values, HASH_DEFAULTS
+    fields at their default left out).
 
-    `settings` must have the method's defaults filled (see `filled_settings`). The split policy
-    (shortfall, min_test_anomalies) joins the hash only when not at its default, because it can
-    change the split; eval_every and n_map_examples do not change results and are left out.
+    `settings` must have the method's defaults filled (see `filled_settings`). eval_every and
+    n_map_examples do not change results and are not defining values.
     """
     payload: dict[str, Any] = {
         "dataset": dataset,
@@ -74,18 +110,15 @@ def compute_cell_id(
         "count": None if count is None else int(count),
         "overlap": bool(overlap),
         "seed": int(seed),
+        "shortfall": shortfall,
+        "min_test_anomalies": None if min_test_anomalies is None else int(min_test_anomalies),
     }
-    if shortfall != DEFAULT_SHORTFALL:
-        payload["shortfall"] = shortfall
-    if min_test_anomalies is not None:
-        payload["min_test_anomalies"] = int(min_test_anomalies)
-    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:16]
+    text = canonical_json(drop_hash_defaults(payload))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def filled_settings(method: str, params: dict[str, Any]) -> dict[str, Any]:
     """The method's full settings (defaults filled, values coerced by its Settings model), as JSON."""
-    from funad.methods import method_class
-
     return method_class(method).Settings(**params).model_dump(mode="json")
 
 
@@ -110,12 +143,12 @@ def launch_order(cells: Iterable[Cell]) -> list[str]:
     """Cell ids, the expected-longest first (then by id, so the order is reproducible).
 
     Starting the long cells first keeps the last minutes of a sweep from running one long cell while
-    the other slots idle. The estimate is deliberately crude: a method's `epochs` setting (the
-    iterative methods), 1 for the one-pass ones.
+    the other slots idle. The estimate is each method's own cost hook (`Method.cost(settings)`).
     """
+
     def cost(cell: Cell) -> float:
-        epochs = filled_settings(cell.config.method, cell.config.params).get("epochs", 1)
-        return float(epochs) if isinstance(epochs, int | float) else 1.0
+        cls = method_class(cell.config.method)
+        return float(cls.cost(cls.Settings(**cell.config.params)))
 
     return [c.cell_id for c in sorted(cells, key=lambda c: (-cost(c), c.cell_id))]
 
@@ -125,18 +158,17 @@ def _is_list_type(annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if origin in (list, tuple, set, frozenset) or annotation in (list, tuple):
         return True
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, UnionType):
         return any(_is_list_type(a) for a in typing.get_args(annotation) if a is not type(None))
     return False
 
 
 def list_valued_settings(method: str) -> set[str]:
-    """Names of a method's settings whose values are lists (not grid axes when given as a flat list)."""
+    """Names of a method's settings whose values are lists (not grid axes when given as a flat list);
+    empty for a method that is not registered (validation reports that)."""
     try:
-        from funad.methods import method_class
-
         fields = method_class(method).Settings.model_fields
-    except (KeyError, ImportError):
+    except KeyError:
         return set()
     return {name for name, f in fields.items() if _is_list_type(f.annotation)}
 
@@ -168,67 +200,40 @@ def method_grid(method: str, settings: dict[str, Any]) -> list[tuple[dict[str, A
     return out
 
 
-def _dataset_dict(ds: Any) -> dict[str, Any]:
+def _dataset_dict(ds: DatasetSpec) -> dict[str, Any]:
     """Spec dataset entry -> the cell's dataset dict: kind, root, loader options (no categories)."""
-    d = ds.model_dump(mode="json") if hasattr(ds, "model_dump") else dict(ds)
-    d.pop("categories", None)
-    return {"kind": d.pop("kind"), "root": d.pop("root", None), **d}
+    d = ds.model_dump(mode="json")
+    d.pop("categories")
+    return {"kind": d.pop("kind"), "root": d.pop("root"), **d}
 
 
-def _categories(ds: Any, dataset: dict[str, Any], data_cache: Any = None) -> list[str]:
-    wanted = ds.categories if hasattr(ds, "categories") else ds.get("categories", "all")
-    from funad.run import open_dataset
-
-    return open_dataset(dataset, data_cache).resolve_categories(wanted)
-
-
-def backbone_dict(backbone: Any) -> dict[str, Any]:
-    """All backbone fields as plain JSON values: the given ones, with BackboneConfig's defaults
-    filled when funad.features is importable (so an explicit default hashes like an omitted one)."""
-    given = backbone.model_dump(mode="json") if hasattr(backbone, "model_dump") else dict(backbone)
-    given = {k: v for k, v in given.items() if v is not None}
-    try:
-        config_cls = backbone_config_class()
-    except ImportError:
-        return given
-    full = config_cls(**given).model_dump(mode="json")
-    # settings added later hash only when set, so the ids of existing cells stay put
-    return {k: v for k, v in full.items() if not (k in _HASH_WHEN_SET and v == _HASH_WHEN_SET[k])}
+def backbone_dict(backbone: Mapping[str, Any]) -> dict[str, Any]:
+    """All backbone fields as plain JSON values, BackboneConfig's defaults filled (so an explicit
+    default hashes like an omitted one); HASH_DEFAULTS fields at their default are left out."""
+    given = {k: v for k, v in backbone.items() if v is not None}
+    return drop_hash_defaults(BackboneConfig(**given).model_dump(mode="json"), "backbone.")
 
 
-#: backbone settings that enter the cell id only when they differ from this value
-_HASH_WHEN_SET: dict[str, Any] = {"border_context": False}
-
-
-def backbone_config_class() -> type:
-    """funad's BackboneConfig (re-exported by funad.features; defined in funad.backbones)."""
-    try:
-        from funad.features import BackboneConfig
-    except ImportError:
-        from funad.backbones import BackboneConfig
-    return BackboneConfig
-
-
-def expand_cells(spec: Any, *, data_cache: Any = None) -> list[Cell]:
+def expand_cells(spec: SweepSpec, *, data_cache: Path | None = None) -> list[Cell]:
     """datasets x categories x methods x method grid x ratios (or counts) x overlap x seeds.
 
-    `categories: all` opens the dataset to list them (built-in sets are generated on first use).
+    `categories: all` opens the dataset to list them (built-in sets are generated on first use,
+    under data_cache).
     """
     c = spec.contamination
     amounts: list[tuple[float | None, int | None]] = (
         [(None, int(n)) for n in c.counts] if c.counts is not None else [(float(r), None) for r in c.ratios]
     )
-    overlaps = c.overlap if isinstance(c.overlap, list) else [c.overlap]
-    backbone = backbone_dict(spec.backbone)
+    backbone = backbone_dict(spec.backbone.model_dump(mode="json"))
     cells: list[Cell] = []
     seen: set[str] = set()
     for ds in spec.datasets:
         dataset = _dataset_dict(ds)
-        for category in _categories(ds, dataset, data_cache):
+        for category in open_dataset(dataset, data_cache).resolve_categories(ds.categories):
             for method, settings in spec.methods.items():
-                for params, hp in method_grid(method, dict(settings or {})):
+                for params, hp in method_grid(method, dict(settings)):
                     full = filled_settings(method, params)
-                    for (ratio, count), overlap, seed in itertools.product(amounts, overlaps, spec.seeds):
+                    for (ratio, count), overlap, seed in itertools.product(amounts, c.overlaps, spec.seeds):
                         cfg = CellConfig(
                             dataset=dataset,
                             category=category,

@@ -7,25 +7,13 @@ Each task returns how many backbone forwards it made, so a rerun can prove it ma
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass(frozen=True)
-class FeatureTask:
-    """One unit of the stage: every record (train + test) of one category through one backbone."""
-
-    dataset: dict[str, Any]
-    category: str
-    backbone: dict[str, Any]
-
-    @property
-    def label(self) -> str:
-        return f"{self.dataset.get('kind')}/{self.category}/{self.backbone.get('name')}"
+from harness.cells import FeatureJob
 
 
 @dataclass
@@ -38,44 +26,11 @@ class StageResult:
 
     @property
     def forwards(self) -> int:
-        return sum(int(t.get("forwards", 0)) for t in self.tasks)
-
-
-def _field(job: Any, name: str) -> Any:
-    if isinstance(job, dict):
-        return job[name]
-    return getattr(job, name)
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return dict(value)
-    if hasattr(value, "model_dump"):
-        return dict(value.model_dump())
-    if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(value)
-    raise TypeError(f"cannot read {type(value).__name__} as a settings dict")
-
-
-def to_tasks(jobs: Iterable[Any]) -> list[FeatureTask]:
-    """Normalise cells.feature_jobs() items (objects, dicts or (dataset, category, backbone) tuples)."""
-    tasks: dict[str, FeatureTask] = {}
-    for job in jobs:
-        if isinstance(job, tuple):
-            dataset, category, backbone = job[0], job[1], job[2]
-        else:
-            dataset, category = _field(job, "dataset"), _field(job, "category")
-            backbone = _field(job, "backbone")
-        task = FeatureTask(_as_dict(dataset), str(category), _as_dict(backbone))
-        key = json.dumps([task.dataset, task.category, task.backbone], sort_keys=True, default=str)
-        tasks.setdefault(key, task)
-    return list(tasks.values())
+        return sum(int(t["forwards"]) for t in self.tasks)
 
 
 def extract_category(
-    task: FeatureTask,
+    job: FeatureJob,
     cache_dir: str,
     num_threads: int = 1,
     data_cache: str | None = None,
@@ -97,14 +52,14 @@ def extract_category(
         os.chdir(workdir)
     torch.set_num_threads(max(1, num_threads))
     t0 = time.perf_counter()
-    dataset = open_dataset(task.dataset, Path(data_cache) if data_cache else None)
-    records = dataset.records(task.category)
+    dataset = open_dataset(job.dataset, Path(data_cache) if data_cache else None)
+    records = dataset.records(job.category)
     device = resolve_device(None)
     before = features.forward_count()
-    bcfg = backbone_config(task.backbone)
+    bcfg = backbone_config(job.backbone)
     features.extract_features(records, bcfg, Path(cache_dir), device=device, progress=False)
     return {
-        "task": task.label,
+        "task": job.label,
         "images": len(records),
         "forwards": features.forward_count() - before,
         "seconds": round(time.perf_counter() - t0, 3),
@@ -114,16 +69,16 @@ def extract_category(
 
 
 def run_stage(
-    jobs: Iterable[Any],
+    jobs: list[FeatureJob],
     cache_dir: str,
     *,
     cluster_gpus: float,
     want_gpu: bool,
     cpus_per_task: float = 1.0,
     data_cache: str | None = None,
-    log: Any = print,
+    log: Callable[[str], None] = print,
 ) -> StageResult:
-    """Submit one Ray task per unique job and wait for all.
+    """Submit one Ray task per job (cells.feature_jobs: unique already) and wait for all.
 
     A failing task (say, one unreadable image) does not stop the sweep: it is logged, and that
     category's trials extract in-trial and record the error in their own failed rows.
@@ -133,12 +88,10 @@ def run_stage(
     """
     import ray
 
-    tasks = to_tasks(jobs)
     result = StageResult()
-    if not tasks:
+    if not jobs:
         return result
-    if "://" not in cache_dir:
-        os.makedirs(cache_dir, exist_ok=True)
+    os.makedirs(cache_dir, exist_ok=True)
     use_gpu = want_gpu or cluster_gpus > 0
     cpus = max(1.0, float(cpus_per_task))
     remote = ray.remote(extract_category).options(
@@ -146,9 +99,9 @@ def run_stage(
         name="funad.extract_features",
     )
     t0 = time.perf_counter()
-    log(f"features: {len(tasks)} extraction task(s) on {'GPU' if use_gpu else 'CPU'} -> {cache_dir}")
+    log(f"features: {len(jobs)} extraction task(s) on {'GPU' if use_gpu else 'CPU'} -> {cache_dir}")
     workdir = os.getcwd()
-    refs = {remote.remote(t, cache_dir, int(cpus), data_cache, workdir): t for t in tasks}
+    refs = {remote.remote(j, cache_dir, int(cpus), data_cache, workdir): j for j in jobs}
     pending = list(refs)
     try:
         while pending:

@@ -2,8 +2,9 @@
 
 Only this module calls `ray.init`/`ray.shutdown`, so "always shut down the Ray we started" lives in
 one context manager. Joining a cluster means trials may run on other machines and write the run
-directory from there: that only works on storage every node sees (an object-store URI, or a path
-the user declares shared), so a plain local path is refused before anything is started.
+directory from there: that only works on a filesystem every node mounts, which the user declares
+shared, so an undeclared path is refused before anything is started. (A URI never gets here: the
+spec refuses it, see harness.spec.models.)
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.spec import SweepSpec
 
 #: Set to 1/true to declare a local-looking storage path shared by every node (NFS, EFS, one machine).
 SHARED_ENV = "FUNAD_STORAGE_SHARED"
@@ -36,38 +40,37 @@ class RayHandle:
 
 
 def is_uri(storage: str) -> bool:
-    """True for a remote filesystem URI such as s3://, gs://, abfs:// (not file://)."""
+    """True for a remote URI such as s3://, gs://, abfs:// (not file://): not a node's private disk."""
     return "://" in storage and not storage.startswith(_LOCAL_SCHEMES)
 
 
-def resolve_address(cli_address: str | None, spec: Any) -> str | None:
+def resolve_address(cli_address: str | None, spec: SweepSpec) -> str | None:
     """--address beats the spec's ray.address, which beats $RAY_ADDRESS; None = start a local Ray."""
     if cli_address:
         return cli_address
-    ray_cfg = getattr(spec, "ray", None)
-    spec_address = getattr(ray_cfg, "address", None) if ray_cfg is not None else None
-    if spec_address:
-        return str(spec_address)
+    if spec.ray.address:
+        return str(spec.ray.address)
     env = os.environ.get("RAY_ADDRESS", "").strip()
     return env or None
 
 
-def storage_is_shared(spec: Any) -> bool:
+def storage_is_shared(spec: SweepSpec) -> bool:
     """The spec's `storage_shared: true` or $FUNAD_STORAGE_SHARED marks a path as seen by all nodes."""
-    if bool(getattr(spec, "storage_shared", False)):
+    if spec.storage_shared:
         return True
     return os.environ.get(SHARED_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def check_storage(address: str | None, storage: str, spec: Any) -> None:
+def check_storage(address: str | None, storage: str, spec: SweepSpec) -> None:
     """Refuse a cluster run whose results would land on one node's private disk."""
     if address is None or is_uri(storage) or storage_is_shared(spec):
         return
     raise ClusterError(
         f"storage {storage!r} is a local path, but this sweep joins the Ray cluster at {address!r}: "
-        "trials on other nodes would write their results to their own disks. Use an object-store URI "
-        "(e.g. storage: s3://bucket/runs or gs://bucket/runs), or a path every node mounts (NFS/EFS) "
-        f"and declare it with `storage_shared: true` in the spec (or {SHARED_ENV}=1)."
+        "trials on other nodes would write their results to their own disks. Use a path every node "
+        "mounts (NFS/EFS; a bucket such as s3://... or gs://... once mounted on every node with "
+        "mountpoint-s3 or gcsfuse) and declare it with `storage_shared: true` in the spec "
+        f"(or {SHARED_ENV}=1)."
     )
 
 
@@ -77,25 +80,15 @@ def dashboard_installed() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in needed)
 
 
-def _spec_ray(spec: Any, key: str, default: Any) -> Any:
-    ray_cfg = getattr(spec, "ray", None)
-    if ray_cfg is None:
-        return default
-    if isinstance(ray_cfg, dict):
-        return ray_cfg.get(key, default)
-    return getattr(ray_cfg, key, default)
-
-
 @contextmanager
-def ray_session(spec: Any, address: str | None, *, quiet: bool = False) -> Iterator[RayHandle]:
+def ray_session(spec: SweepSpec, address: str | None, *, quiet: bool = False) -> Iterator[RayHandle]:
     """Start (or join) Ray for the sweep and always shut it down again, also on errors and Ctrl-C."""
     import ray
 
-    want_dashboard = bool(_spec_ray(spec, "dashboard", True)) and dashboard_installed()
+    want_dashboard = spec.ray.dashboard and dashboard_installed()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None:
-        num_cpus = _spec_ray(spec, "num_cpus", None)
-        num_gpus = _spec_ray(spec, "num_gpus", None)
+        num_cpus, num_gpus = spec.ray.num_cpus, spec.ray.num_gpus
         ctx = ray.init(
             address="local",
             include_dashboard=want_dashboard,

@@ -24,7 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness.raycluster import ClusterError, check_storage, is_uri, ray_session, resolve_address
+from harness.cells import Cell, expand_cells, feature_jobs
+from harness.raycluster import ClusterError, check_storage, ray_session, resolve_address
+from harness.spec import SpecError, SweepSpec, load_spec
+from rundir import REPORT_FILE, RESULTS_DIR, TUNE_DIR
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 N_EXAMPLES = 3
@@ -58,72 +61,44 @@ def out(msg: str = "") -> None:
 class Plan:
     """The sweep as decided before Ray starts: which cells exist, which still have to run."""
 
-    spec: Any
-    cells: list[Any]
-    run_dir: str
+    spec: SweepSpec
+    cells: list[Cell]
+    run_dir: Path
     run_name: str
-    feature_cache: str
-    todo: list[Any] = field(default_factory=list)
+    feature_cache: Path
+    todo: list[Cell] = field(default_factory=list)
     skipped: int = 0
     #: the run's schema methods (this spec's merged with earlier invocations'); set before Ray starts
-    methods: dict[str, Any] | None = None
+    methods: dict[str, Any] = field(default_factory=dict)
 
 
-def _storage_root(storage: str) -> str:
-    """A local storage path becomes absolute (Tune needs it); a URI stays as given."""
-    if is_uri(storage):
-        return storage.rstrip("/")
-    return str(Path(storage).expanduser().resolve())
-
-
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts]) if is_uri(root) else str(Path(root, *parts))
-
-
-def make_plan(spec: Any, cells: list[Any], *, fresh: bool) -> Plan:
+def make_plan(spec: SweepSpec, cells: list[Cell], *, fresh: bool) -> Plan:
     """Decide the run directory and the feature cache of this invocation (no I/O)."""
-    root = _storage_root(str(getattr(spec, "storage", "runs") or "runs"))
-    name = str(spec.name)
+    name = spec.name
     if fresh:
         name = f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
-    run_dir = _join(root, name)
-    cache = getattr(spec, "feature_cache", None)
-    if cache:
-        feature_cache = _storage_root(str(cache))
-    elif is_uri(run_dir):
-        # Memory-mapped features need a filesystem: fall back to each node's own cache.
-        from funad.paths import feature_cache as default_cache
-
-        feature_cache = str(default_cache())
-    else:
-        feature_cache = _join(run_dir, "features")
-    return Plan(spec=spec, cells=cells, run_dir=run_dir, run_name=name, feature_cache=feature_cache)
-
-
-def _jobs_for(cells: list[Any]) -> list[Any]:
-    from harness.cells import feature_jobs
-
-    return list(feature_jobs(cells))
+    run_dir = spec.storage_root() / name
+    return Plan(
+        spec=spec, cells=cells, run_dir=run_dir, run_name=name, feature_cache=spec.feature_cache_dir(run_dir)
+    )
 
 
 def print_dry_run(plan: Plan) -> None:
     """The plan a user checks before spending cluster time: counts, feature jobs, example cells."""
-    from harness.features_stage import to_tasks
-
     cells = plan.cells
     by_method = Counter(c.config.method for c in cells)
-    tasks = to_tasks(_jobs_for(cells))
+    jobs = feature_jobs(cells)
     out(f"sweep {plan.spec.name}: {len(cells)} cells ({', '.join(f'{m} {n}' for m, n in by_method.items())})")
     out(f"run directory: {plan.run_dir}")
-    if not is_uri(plan.run_dir):  # reading results/ starts nothing and creates nothing
-        ok = sum(1 for st in read_statuses(plan.run_dir, [c.cell_id for c in cells]).values() if st == "ok")
-        out(f"already ok there: {ok}; to run: {len(cells) - ok}")
+    # reading results/ starts nothing and creates nothing
+    ok = sum(1 for st in read_statuses(plan.run_dir, [c.cell_id for c in cells]).values() if st == "ok")
+    out(f"already ok there: {ok}; to run: {len(cells) - ok}")
     out(f"feature cache: {plan.feature_cache}")
-    out(f"feature jobs: {len(tasks)}")
-    for t in tasks[:10]:
-        out(f"  {t.label}")
-    if len(tasks) > 10:
-        out(f"  ... {len(tasks) - 10} more")
+    out(f"feature jobs: {len(jobs)}")
+    for j in jobs[:10]:
+        out(f"  {j.label}")
+    if len(jobs) > 10:
+        out(f"  ... {len(jobs) - 10} more")
     out("example cells:")
     # spread over the grid (first, middle, last), so different categories/methods show up
     picks = sorted({round(i * (len(cells) - 1) / max(1, N_EXAMPLES - 1)) for i in range(N_EXAMPLES)})
@@ -138,21 +113,21 @@ def print_dry_run(plan: Plan) -> None:
 
 
 # ------------------------------------------------------------------------------------------ results
-def read_statuses(run_dir: str, cell_ids: Sequence[str]) -> dict[str, str]:
+def read_statuses(run_dir: Path, cell_ids: Sequence[str]) -> dict[str, str]:
     """cell_id -> status ('ok' | 'failed') from results/, the source of truth; absent = not run."""
     from harness.store import RunStore
 
     wanted = set(cell_ids)
-    return {cid: st for cid, st in RunStore(Path(run_dir), methods={}).statuses().items() if cid in wanted}
+    return {cid: st for cid, st in RunStore(run_dir, methods={}).statuses().items() if cid in wanted}
 
 
-def previous_attempts(run_dir: str, cells: Sequence[Any]) -> dict[str, int]:
+def previous_attempts(run_dir: Path, cells: Sequence[Cell]) -> dict[str, int]:
     """cell_id -> attempts already recorded by failed rows of earlier invocations."""
     import pyarrow.parquet as pq
 
     out: dict[str, int] = {}
     for cell in cells:
-        path = Path(_join(run_dir, "results", f"{cell.cell_id}.parquet"))
+        path = run_dir / RESULTS_DIR / f"{cell.cell_id}.parquet"
         if not path.is_file():
             continue
         try:
@@ -212,40 +187,27 @@ def resume_command(args: argparse.Namespace, plan: Plan) -> str:
 
 
 def build_report(plan: Plan) -> str | None:
-    """Build report.html with the reports package (its build_report, else its CLI main).
+    """Build report.html; the results are already safe on disk, so a failing report only warns."""
+    from reports.build import build_report as build
 
-    The results are already safe on disk, so a missing or failing reports package only warns.
-    """
     try:
-        from reports import build
-    except ImportError as exc:
-        err(f"warning: report not built (reports.build unavailable: {exc}); "
+        return str(build(plan.run_dir))
+    except Exception as exc:
+        err(f"warning: report not built: {type(exc).__name__}: {exc}; "
             f"build it later with: python -m reports.build {plan.run_dir}")
         return None
-    try:
-        if hasattr(build, "build_report"):
-            return str(build.build_report(Path(plan.run_dir)))
-        rc = build.main([plan.run_dir])
-    except SystemExit as exc:  # a CLI main may exit
-        rc = exc.code
-    except Exception as exc:
-        err(f"warning: report not built: {type(exc).__name__}: {exc}")
-        return None
-    if rc not in (0, None):
-        err(f"warning: reports.build exited with {rc}")
-        return None
-    return _join(plan.run_dir, "report.html")
 
 
 # --------------------------------------------------------------------------------------------- ray
-def backfill_failures(plan: Plan, result_grid: Any, cells: dict[str, Any], counter: Any) -> None:
+def backfill_failures(plan: Plan, result_grid: Any, cells: dict[str, Cell], counter: Any) -> None:
     """Trials Tune saw die without a row (worker killed, OOM) get a failed row from the driver."""
     import ray
 
-    from harness import store as store_mod
+    from harness.rows import build_failed_row
+    from harness.store import RunStore
 
     statuses = read_statuses(plan.run_dir, list(cells))
-    store = store_mod.RunStore(Path(plan.run_dir), methods=_plan_methods(plan))
+    store = RunStore(plan.run_dir, methods=plan.methods)
     for i in range(len(result_grid)):
         res = result_grid[i]
         cid = (res.config or {}).get("cell_id")
@@ -256,7 +218,7 @@ def backfill_failures(plan: Plan, result_grid: Any, cells: dict[str, Any], count
         except Exception:  # the counter is bookkeeping only
             attempt = 1
         now = datetime.now(UTC)
-        row = store_mod.build_failed_row(
+        row = build_failed_row(
             run=plan.run_name, cell=cells[cid], error=f"{type(res.error).__name__}: {res.error}",
             attempt=attempt, started_at=now, finished_at=now, wall_s=None, node="unknown",
             peak_rss_mb=None, peak_gpu_mb=None,
@@ -265,23 +227,13 @@ def backfill_failures(plan: Plan, result_grid: Any, cells: dict[str, Any], count
         store.write_failed(row)
 
 
-def _data_cache(spec: Any) -> str | None:
-    """The spec's data_cache as an absolute path (trials and tasks run elsewhere), or None."""
-    value = getattr(spec, "data_cache", None)
-    return str(Path(value).expanduser().resolve()) if value else None
+def _data_cache(spec: SweepSpec) -> str | None:
+    """Where trials and tasks find the built-in datasets (an absolute path: they run elsewhere)."""
+    data_dir = spec.data_dir()
+    return None if data_dir is None else str(data_dir)
 
 
-def _methods(spec: Any) -> dict[str, Any]:
-    """The resolved methods mapping of this spec."""
-    return dict(spec.resolved().get("methods") or {})
-
-
-def _plan_methods(plan: Plan) -> dict[str, Any]:
-    """The methods that fix the run's Parquet schemas (see store.unify_run_schema)."""
-    return dict(plan.methods) if plan.methods is not None else _methods(plan.spec)
-
-
-def progress_callback(total: int, cells: dict[str, Any]) -> Any:
+def progress_callback(total: int, cells: dict[str, Cell]) -> Any:
     """One line per finished, failed or retried cell: readable for 1000+ cells, unlike Tune's tables."""
     from ray import tune
 
@@ -345,8 +297,7 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tup
     from harness.trial import TrialContext, cell_trainable, start_counter, trial_name
 
     spec = plan.spec
-    res = spec.resources
-    cpu, gpu = float(getattr(res, "cpu", 1) or 0), float(getattr(res, "gpu", 0) or 0)
+    cpu, gpu = float(spec.resources.cpu), float(spec.resources.gpu)
     # Trials stay in the working directory they are given (see trial.enter_workdir); Tune passes
     # this variable on to every trial, on every node.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
@@ -357,15 +308,15 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tup
             f"({handle.num_cpus:g} CPU, {handle.num_gpus:g} GPU)")
         try:
             stage = run_stage(
-                _jobs_for(plan.todo), plan.feature_cache, cluster_gpus=handle.num_gpus, want_gpu=gpu > 0,
-                cpus_per_task=max(1.0, cpu), data_cache=_data_cache(spec), log=out,
+                feature_jobs(plan.todo), str(plan.feature_cache), cluster_gpus=handle.num_gpus,
+                want_gpu=gpu > 0, cpus_per_task=max(1.0, cpu), data_cache=_data_cache(spec), log=out,
             )
             out(f"features: {stage.forwards} backbone forwards in {stage.wall_s:.1f}s")
             counter_name = f"funad-attempts-{uuid.uuid4().hex[:8]}"
             counter = start_counter(counter_name, previous_attempts(plan.run_dir, plan.todo))
             ctx = TrialContext(
-                run_name=plan.run_name, run_dir=plan.run_dir, feature_cache=plan.feature_cache,
-                methods=_plan_methods(plan), cpus=max(cpu, 1.0),
+                run_name=plan.run_name, run_dir=str(plan.run_dir), feature_cache=str(plan.feature_cache),
+                methods=plan.methods, cpus=max(cpu, 1.0),
                 data_cache=_data_cache(spec), counter_name=counter_name, workdir=os.getcwd(),
             )
             cells = {c.cell_id: c for c in plan.todo}
@@ -377,17 +328,17 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tup
                 trainable,
                 param_space={"cell_id": tune.grid_search(launch_order(plan.todo))},
                 tune_config=tune.TuneConfig(
-                    max_concurrent_trials=getattr(spec, "max_concurrent", None),
+                    max_concurrent_trials=spec.max_concurrent,
                     # one worker process runs cell after cell: no torch import and process start per
-                    # cell (~3 s each on 2 cores); run_one resets the per-cell peak-RSS counter
+                    # cell; run_one resets the per-cell peak-RSS counter
                     reuse_actors=True,
                     trial_name_creator=trial_name,
                     trial_dirname_creator=trial_name,
                 ),
                 run_config=tune.RunConfig(
                     name=f"tune-{stamp}",
-                    storage_path=_join(plan.run_dir, "tune"),
-                    failure_config=tune.FailureConfig(max_failures=int(getattr(spec, "max_failures", 1))),
+                    storage_path=str(plan.run_dir / TUNE_DIR),
+                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                     verbose=0,  # our one-line progress below; Tune's tables are unreadable at scale
                     callbacks=[progress_callback(len(cells), cells)],
                 ),
@@ -419,12 +370,9 @@ def _sigterm_as_interrupt() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from harness.cells import expand_cells
-    from harness.spec import SpecError, load_spec
-
     try:
         spec = load_spec(Path(args.spec), overrides=tuple(args.overrides))
-        cells = list(expand_cells(spec, data_cache=_data_cache(spec)))
+        cells = expand_cells(spec, data_cache=spec.data_dir())
     except SpecError as exc:
         for problem in exc.problems:
             err(f"error: {problem}")
@@ -439,25 +387,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     address = resolve_address(args.address, spec)
     try:
-        check_storage(address, plan.run_dir, spec)
-        if is_uri(plan.run_dir):
-            raise ClusterError(
-                f"storage {plan.run_dir!r} is a URI, but the run directory's Parquet store writes to a "
-                "filesystem: mount the bucket on every node (EFS/NFS, gcsfuse, mountpoint-s3) and use "
-                "its path with `storage_shared: true`."
-            )
+        check_storage(address, str(plan.run_dir), spec)
     except ClusterError as exc:
         err(f"error: {args.spec}: {exc}")
         return EXIT_USAGE
 
-    from harness.store import RunStore, unify_run_schema
+    from harness.migrate import unify_run_schema
+    from harness.store import RunStore
 
     try:
         # A grown spec (new method, new swept setting): existing files get the new columns first,
         # so `pandas.read_parquet(run/"results")` keeps reading every column of every file.
-        plan.methods = unify_run_schema(plan.run_dir, _methods(spec), log=out)
-        store = RunStore(Path(plan.run_dir), methods=plan.methods)
+        plan.methods = unify_run_schema(plan.run_dir, spec.resolved()["methods"], log=out)
+        store = RunStore(plan.run_dir, methods=plan.methods)
         store.write_spec(spec.resolved())
+        store.write_plan(cells)
     except OSError as exc:  # storage not writable, a file where a folder should be, disk full
         err(f"error: {args.spec}: storage: cannot write the run directory {plan.run_dir}: "
             f"{exc.strerror or exc} (allowed: a writable directory)")
@@ -477,8 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             interrupted = True
     summary = summarize(plan)
     report = None
-    existing = Path(_join(plan.run_dir, "report.html"))
-    if not interrupted and getattr(spec, "report", True) and not args.no_report:
+    existing = plan.run_dir / REPORT_FILE
+    if not interrupted and spec.report and not args.no_report:
         # A no-op rerun keeps the report it already has (nothing in results/ changed).
         report = build_report(plan) if plan.todo or not existing.is_file() else str(existing)
     print_summary(plan, summary, dashboard=dashboard, report=report)

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness.cells import Cell
+
 #: Lines of traceback kept in a failed row's `error` (enough to locate it, small enough for a table).
 TRACEBACK_LINES = 12
 
@@ -26,6 +28,7 @@ class TrialContext:
     run_name: str
     run_dir: str
     feature_cache: str
+    #: the run's schema methods (harness.migrate.unify_run_schema)
     methods: dict[str, Any] = field(default_factory=dict)
     cpus: float = 1.0
     data_cache: str | None = None
@@ -118,7 +121,7 @@ def tune_reporter() -> Any:
     return report
 
 
-def run_one(cell: Any, ctx: TrialContext, *, attempt: int, report: Any = None) -> dict[str, Any]:
+def run_one(cell: Cell, ctx: TrialContext, *, attempt: int, report: Any = None) -> dict[str, Any]:
     """Run one cell and write its row; on error write a failed row and re-raise. Returns the metrics.
 
     Separate from the Tune function so it can be tested and used without Ray.
@@ -126,10 +129,11 @@ def run_one(cell: Any, ctx: TrialContext, *, attempt: int, report: Any = None) -
     import torch
 
     from funad.run import run_cell
-    from harness import store as store_mod
+    from harness.rows import build_failed_row, build_ok_row, error_text
+    from harness.store import RunStore
     from harness.versions import node_name, peak_gpu_mb, peak_rss_mb, reset_peak_rss
 
-    store = store_mod.RunStore(Path(ctx.run_dir), methods=ctx.methods or None)
+    store = RunStore(Path(ctx.run_dir), methods=ctx.methods)
     node = node_name()
     started = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -145,10 +149,10 @@ def run_one(cell: Any, ctx: TrialContext, *, attempt: int, report: Any = None) -
         )
     except Exception as exc:  # not KeyboardInterrupt: an interrupted cell is "not run", not failed
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        row = store_mod.build_failed_row(
+        row = build_failed_row(
             run=ctx.run_name,
             cell=cell,
-            error=store_mod.error_text(exc, max_lines=TRACEBACK_LINES),
+            error=error_text(exc, max_lines=TRACEBACK_LINES),
             attempt=attempt,
             started_at=started,
             finished_at=datetime.now(UTC),
@@ -160,7 +164,7 @@ def run_one(cell: Any, ctx: TrialContext, *, attempt: int, report: Any = None) -
         )
         store.write_failed(row)
         raise
-    row = store_mod.build_ok_row(
+    row = build_ok_row(
         run=ctx.run_name,
         cell=cell,
         outcome=outcome,
@@ -197,7 +201,7 @@ def _test_kill_once(cell_id: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def cell_trainable(config: dict[str, Any], cells: dict[str, Any], ctx: TrialContext) -> None:
+def cell_trainable(config: dict[str, Any], cells: dict[str, Cell], ctx: TrialContext) -> None:
     """The Tune function trainable: config = {"cell_id": ...}; cells and ctx come via with_parameters."""
     from ray import tune
 

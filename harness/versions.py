@@ -147,7 +147,7 @@ def peak_rss_mb() -> float:
 
 
 def peak_gpu_mb(device: str | None = None) -> float | None:
-    """Peak CUDA memory allocated by torch in MiB; None on CPU (the contract's null)."""
+    """Peak CUDA memory allocated by torch in MiB; None on CPU (null, as docs/contract.md says)."""
     if device is not None and not str(device).startswith("cuda"):
         return None
     torch = sys.modules.get("torch")

@@ -1,8 +1,9 @@
-"""Read a run directory (Parquet + sweep.yaml) without importing funad or harness.
+"""Read a run directory (Parquet + sweep.yaml + plan.parquet) without importing funad or harness.
 
 The report must rebuild old runs with the methods uninstalled, and must survive a run that is still being
-written or that crashed: temp files (``*.tmp*``) are skipped and unreadable files are skipped with a warning
-rather than failing the whole report.
+written or that crashed: temp files (``rundir.is_temp``) are skipped and unreadable files are skipped with a
+warning rather than failing the whole report. Column and file names come from ``rundir``, the run
+directory's contract.
 """
 
 from __future__ import annotations
@@ -18,43 +19,41 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-METRICS: tuple[str, ...] = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1max")
-ORACLE: tuple[str, ...] = ("oracle_image_auroc", "oracle_pixel_auroc", "oracle_epoch")
+from rundir import (
+    HISTORY_DIR,
+    MAPS_DIR,
+    MAPS_SCHEMA,
+    METRIC_KEYS,
+    ORACLE_KEYS,
+    PLAN_FILE,
+    RESULT_FIELDS,
+    RESULTS_DIR,
+    SCORES_DIR,
+    SPEC_FILE,
+    is_temp,
+)
+
+METRICS: tuple[str, ...] = METRIC_KEYS
+ORACLE: tuple[str, ...] = ORACLE_KEYS
+
+
+def _pandas_dtype(f: pa.Field) -> str | None:
+    """The dtype the report reads a contract column as; None for lists and timestamps (kept as read).
+    Metrics and oracle values are averaged, so they are floats (oracle_epoch included)."""
+    if f.name in METRICS or f.name in ORACLE or pa.types.is_floating(f.type):
+        return "float64"
+    if pa.types.is_integer(f.type):
+        return "Int64"
+    if pa.types.is_boolean(f.type):
+        return "boolean"
+    if pa.types.is_string(f.type):
+        return "string"
+    return None
+
 
 # Columns the report relies on; any that a run lacks are added as nulls so old/partial runs still render.
 RESULT_COLUMNS: dict[str, str] = {
-    "run": "string",
-    "cell_id": "string",
-    "dataset": "string",
-    "category": "string",
-    "method": "string",
-    "backbone": "string",
-    "ratio": "float64",
-    "achieved_ratio": "float64",
-    "overlap": "boolean",
-    "seed": "Int64",
-    "params": "string",
-    "n_train_normal": "Int64",
-    "n_injected": "Int64",
-    "n_test_normal": "Int64",
-    "n_test_anomalous": "Int64",
-    **{m: "float64" for m in METRICS},
-    "oracle_image_auroc": "float64",
-    "oracle_pixel_auroc": "float64",
-    "oracle_epoch": "float64",
-    "status": "string",
-    "error": "string",
-    "attempt": "Int64",
-    "feature_s": "float64",
-    "fit_s": "float64",
-    "eval_s": "float64",
-    "wall_s": "float64",
-    "peak_rss_mb": "float64",
-    "peak_gpu_mb": "float64",
-    "device": "string",
-    "node": "string",
-    "git_commit": "string",
-    "versions": "string",
+    f.name: dtype for f in RESULT_FIELDS if (dtype := _pandas_dtype(f)) is not None
 }
 HISTORY_COLUMNS: dict[str, str] = {
     "cell_id": "string",
@@ -62,16 +61,7 @@ HISTORY_COLUMNS: dict[str, str] = {
     "epoch": "float64",
     "iteration": "float64",
 }
-MAP_COLUMNS: tuple[str, ...] = (
-    "cell_id",
-    "image_id",
-    "pick",
-    "label",
-    "score",
-    "image_png",
-    "map_png",
-    "mask_png",
-)
+MAP_COLUMNS: tuple[str, ...] = tuple(MAPS_SCHEMA.names)
 
 
 @dataclass
@@ -84,12 +74,9 @@ class RunData:
     maps: pd.DataFrame
     spec: dict[str, Any]
     spec_text: str
+    #: plan.parquet: the cells of the latest invocation's grid; None for runs made before it existed
+    plan: pd.DataFrame | None = None
     problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> pd.DataFrame:
-        """Rows with status ok (the only rows that feed metric tables)."""
-        return self.results[self.results["status"] == "ok"]
 
     @property
     def name(self) -> str:
@@ -104,9 +91,7 @@ def _parquet_files(folder: Path) -> list[Path]:
     """Finished Parquet files of a folder; temp files of in-flight atomic writes are not results."""
     if not folder.is_dir():
         return []
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix == ".parquet" and ".tmp" not in p.name
-    )
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".parquet" and not is_temp(p))
 
 
 def _read_tables(folder: Path, problems: list[str], columns: list[str] | None = None) -> pd.DataFrame:
@@ -164,7 +149,7 @@ def _dedupe_results(df: pd.DataFrame) -> pd.DataFrame:
 def load_results(run_dir: Path, problems: list[str] | None = None) -> pd.DataFrame:
     """All result rows of a run, with every expected column present (nulls where absent)."""
     problems = [] if problems is None else problems
-    df = _read_tables(Path(run_dir) / "results", problems)
+    df = _read_tables(Path(run_dir) / RESULTS_DIR, problems)
     df = _ensure_columns(df, RESULT_COLUMNS)
     df["status"] = df["status"].fillna("failed")
     return _dedupe_results(df)
@@ -173,14 +158,14 @@ def load_results(run_dir: Path, problems: list[str] | None = None) -> pd.DataFra
 def load_history(run_dir: Path, problems: list[str] | None = None) -> pd.DataFrame:
     """Per-step training history of all cells (empty frame with key columns when there is none)."""
     problems = [] if problems is None else problems
-    df = _read_tables(Path(run_dir) / "history", problems)
+    df = _read_tables(Path(run_dir) / HISTORY_DIR, problems)
     return _ensure_columns(df, HISTORY_COLUMNS)
 
 
 def load_maps(run_dir: Path, problems: list[str] | None = None) -> pd.DataFrame:
     """Gallery examples (PNG bytes) of all cells."""
     problems = [] if problems is None else problems
-    df = _read_tables(Path(run_dir) / "maps", problems, columns=list(MAP_COLUMNS))
+    df = _read_tables(Path(run_dir) / MAPS_DIR, problems, columns=list(MAP_COLUMNS))
     for col in MAP_COLUMNS:
         if col not in df.columns:
             df[col] = pd.Series([None] * len(df), dtype="object")
@@ -192,7 +177,7 @@ def load_scores(
 ) -> pd.DataFrame:
     """Per-image scores (optionally only some cells); large, so the report reads them only on demand."""
     problems = [] if problems is None else problems
-    folder = Path(run_dir) / "scores"
+    folder = Path(run_dir) / SCORES_DIR
     if cell_ids is None:
         return _read_tables(folder, problems)
     frames = []
@@ -211,18 +196,33 @@ def load_scores(
 def load_spec(run_dir: Path, problems: list[str] | None = None) -> tuple[dict[str, Any], str]:
     """The sweep spec as run: parsed dict (empty if missing/invalid) and its raw text for the appendix."""
     problems = [] if problems is None else problems
-    path = Path(run_dir) / "sweep.yaml"
+    path = Path(run_dir) / SPEC_FILE
     if not path.is_file():
         return {}, ""
     text = path.read_text(encoding="utf-8", errors="replace")
     try:
         spec = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        msg = f"sweep.yaml is not valid YAML: {exc}"
+        msg = f"{SPEC_FILE} is not valid YAML: {exc}"
         warnings.warn(msg, stacklevel=2)
         problems.append(msg)
         spec = {}
     return (spec if isinstance(spec, dict) else {}), text
+
+
+def load_plan(run_dir: Path, problems: list[str] | None = None) -> pd.DataFrame | None:
+    """The run's planned grid (one row per cell), or None when the run has no readable plan.parquet."""
+    problems = [] if problems is None else problems
+    path = Path(run_dir) / PLAN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        msg = f"skipped unreadable file {path}: {type(exc).__name__}: {exc}"
+        warnings.warn(msg, stacklevel=2)
+        problems.append(msg)
+        return None
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -239,6 +239,7 @@ def load_run(run_dir: str | Path) -> RunData:
         maps=load_maps(run_dir, problems),
         spec=spec,
         spec_text=spec_text,
+        plan=load_plan(run_dir, problems),
         problems=problems,
     )
 

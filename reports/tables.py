@@ -1,6 +1,6 @@
 """Result tables of a run, computed from the result rows only.
 
-Aggregation (protocol.md, "Reporting rules"):
+Aggregation (docs/protocol.md, "Reporting rules"):
 
 * a *cell group* is (dataset, method, config, overlap, ratio, count); ``config`` names the method's swept
   settings (``hp_*`` columns with more than one value for that method) and the backbone when a run has
@@ -27,6 +27,7 @@ from reports.load import METRICS, ORACLE, hp_columns
 
 KEYS: list[str] = ["dataset", "method", "config", "overlap", "ratio", "count"]
 ORACLE_LABEL = "oracle (best-on-test epoch)"
+MISSING_COLUMNS: list[str] = ["cell_id", "dataset", "category", "method", "config", "ratio", "seed"]
 
 
 def _fmt_value(v: Any) -> str:
@@ -46,14 +47,9 @@ def swept_settings(ok: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
-def prepare(results: pd.DataFrame) -> pd.DataFrame:
-    """Add the derived key columns ``config`` and ``count`` to result rows (all statuses)."""
-    df = results.copy()
-    if df.empty:
-        for c in ("config", "count"):
-            df[c] = pd.Series(dtype="object" if c == "config" else "float64")
-        return df
-    swept = swept_settings(df[df["status"] == "ok"] if (df["status"] == "ok").any() else df)
+def _config_labels(df: pd.DataFrame, swept: dict[str, list[str]]) -> pd.Series:
+    """Each row's ``config``: its values of its method's swept settings, and the backbone when the
+    rows use several."""
     multi_backbone = df["backbone"].dropna().nunique() > 1
 
     def label(row: pd.Series) -> str:
@@ -64,7 +60,18 @@ def prepare(results: pd.DataFrame) -> pd.DataFrame:
             parts.insert(0, str(row["backbone"]))
         return ", ".join(parts)
 
-    df["config"] = df.apply(label, axis=1) if len(df) else ""
+    return df.apply(label, axis=1)
+
+
+def prepare(results: pd.DataFrame) -> pd.DataFrame:
+    """Add the derived key columns ``config`` and ``count`` to result rows (all statuses)."""
+    df = results.copy()
+    if df.empty:
+        for c in ("config", "count"):
+            df[c] = pd.Series(dtype="object" if c == "config" else "float64")
+        return df
+    swept = swept_settings(df[df["status"] == "ok"] if (df["status"] == "ok").any() else df)
+    df["config"] = _config_labels(df, swept)
     df["count"] = np.where(df["ratio"].isna(), pd.to_numeric(df["n_injected"], errors="coerce"), np.nan)
     df["overlap"] = df["overlap"].fillna(False).astype(bool)
     return df
@@ -232,81 +239,22 @@ def failures_table(results: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _grid_values(settings: Any) -> list[dict[str, Any]]:
-    """Expand a method's settings (lists are axes) into the list of hp dicts of its grid."""
-    if not isinstance(settings, dict):
-        return [{}]
-    combos: list[dict[str, Any]] = [{}]
-    for key, value in settings.items():
-        if isinstance(value, list):
-            combos = [{**c, key: v} for c in combos for v in value]
-    return combos
+def missing_cells(plan: pd.DataFrame | None, results: pd.DataFrame) -> pd.DataFrame | None:
+    """Cells of the run's plan (plan.parquet) with no result row: not run yet, or lost.
 
-
-def missing_cells(spec: dict[str, Any], results: pd.DataFrame) -> pd.DataFrame:
-    """Cells of the sweep.yaml grid with no result row at all (not run yet, or lost).
-
-    Best effort: datasets match on their ``name`` or ``kind``; ``categories: all`` uses the categories seen
-    in the
-    results for that dataset; absolute counts are not expanded. Empty when the spec cannot be read.
+    None when the run has no plan (runs made before the sweep wrote one): its missing cells cannot be
+    listed. ``config`` labels the swept settings as the other tables do, from the plan's own values.
     """
-    cols = ["dataset", "category", "method", "config", "ratio", "seed"]
-    try:
-        datasets = spec.get("datasets") or []
-        ratios = (spec.get("contamination") or {}).get("ratios") or []
-        seeds = spec.get("seeds") or []
-        methods = spec.get("methods") or {}
-    except AttributeError:
-        return pd.DataFrame(columns=cols)
-    if not (datasets and ratios and seeds and methods):
-        return pd.DataFrame(columns=cols)
-    seen_names = set(results["dataset"].dropna().astype(str)) if not results.empty else set()
-    have: dict[tuple, list[dict[str, str]]] = {}
-    hps = hp_columns(results)
-    for r in results.to_dict("records"):
-        if pd.isna(r["ratio"]) or pd.isna(r["seed"]):
-            continue
-        key = (
-            str(r["dataset"]),
-            str(r["category"]),
-            str(r["method"]),
-            round(float(r["ratio"]), 9),
-            int(r["seed"]),
-        )
-        have.setdefault(key, []).append({c[3:]: _fmt_value(r[c]) for c in hps if pd.notna(r[c])})
-    out = []
-    for ds in datasets:
-        if not isinstance(ds, dict):
-            continue
-        candidates = [str(ds[k]) for k in ("name", "kind") if ds.get(k) is not None]
-        name = next((c for c in candidates if c in seen_names), candidates[0] if candidates else "?")
-        cats = ds.get("categories", "all")
-        if cats == "all" or not isinstance(cats, list):
-            cats = sorted(set(results.loc[results["dataset"] == name, "category"].dropna().astype(str)))
-        for method, settings in methods.items():
-            for combo in _grid_values(settings):
-                want = {k: _fmt_value(v) for k, v in combo.items()}
-                for cat in cats:
-                    for ratio in ratios:
-                        for seed in seeds:
-                            try:
-                                key = (name, str(cat), str(method), round(float(ratio), 9), int(seed))
-                            except (TypeError, ValueError):
-                                continue
-                            if not any(
-                                all(h.get(k) == v for k, v in want.items()) for h in have.get(key, [])
-                            ):
-                                out.append(
-                                    {
-                                        "dataset": name,
-                                        "category": cat,
-                                        "method": method,
-                                        "config": ", ".join(f"{k}={v}" for k, v in want.items()),
-                                        "ratio": float(ratio),
-                                        "seed": int(seed),
-                                    }
-                                )
-    return pd.DataFrame(out, columns=cols)
+    if plan is None:
+        return None
+    have = set(results["cell_id"].dropna()) if "cell_id" in results.columns else set()
+    todo = plan[~plan["cell_id"].isin(have)].reset_index(drop=True)
+    if todo.empty:
+        return pd.DataFrame(columns=MISSING_COLUMNS)
+    todo = todo.assign(config=_config_labels(todo, swept_settings(plan)))
+    return todo[MISSING_COLUMNS].sort_values(
+        ["dataset", "method", "category", "ratio", "seed"], na_position="last", kind="stable"
+    ).reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------------------------- formatting

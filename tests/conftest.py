@@ -28,7 +28,7 @@ def artifacts_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Tiny tensors on a shared 2-core box: OpenMP spin-waits make 2 threads ~20x slower than 1."""
+    """Tiny tensors on a shared 2-core box: OpenMP spin-waits make 2 threads much slower than 1."""
     import torch
 
     before = torch.get_num_threads()

@@ -1,4 +1,4 @@
-"""Realistic run directories for the report tests, written with pyarrow exactly as the contract describes.
+"""Realistic run directories for the report tests, written with pyarrow exactly as docs/contract.md describes.
 
 Kept independent of harness/ so report tests run (and fail) on the report alone.
 """
@@ -25,7 +25,7 @@ HPS = ["hp_keep_ratio", "hp_tau_n", "hp_coreset_ratio"]
 
 
 def result_schema() -> pa.Schema:
-    """One explicit schema for every results file (the contract's rule)."""
+    """One explicit schema for every results file (docs/contract.md's rule)."""
     f = pa.field
     return pa.schema(
         [
@@ -130,6 +130,38 @@ class RunSpec:
     extra_grid_ratio: float | None = 0.2  # in sweep.yaml but never run -> "missing cells"
     maps: bool = True
     history: bool = True
+    plan: bool = True  # write plan.parquet (runs made before it existed have none)
+
+
+def _write_plan(run: Path, spec: RunSpec, ratios: list[float]) -> None:
+    """plan.parquet: every cell of the grid, the never-run extra ratio included."""
+    from rundir import PLAN_FIELDS
+
+    schema = pa.schema([*PLAN_FIELDS, *[pa.field(h, pa.float64()) for h in HPS]])
+    rows = []
+    for method, configs in spec.methods.items():
+        for hp in configs:
+            for category in spec.categories:
+                for ratio in ratios:
+                    for seed in spec.seeds:
+                        row: dict = {c.name: None for c in schema}
+                        row.update(
+                            cell_id=_cell_id(spec.dataset, category, method, sorted(hp.items()), ratio, seed),
+                            dataset=spec.dataset,
+                            category=category,
+                            method=method,
+                            backbone="tf_efficientnet_lite0",
+                            ratio=ratio,
+                            overlap=spec.overlap,
+                            seed=seed,
+                            params=json.dumps({k2[3:]: v for k2, v in hp.items()}),
+                            shortfall="cap",
+                            **{h: hp.get(h) for h in HPS},
+                        )
+                        if method == "patchcore":
+                            row["hp_coreset_ratio"] = 0.1
+                        rows.append(row)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), run / "plan.parquet")
 
 
 def _cell_id(*parts: object) -> str:
@@ -312,6 +344,8 @@ def make_run_dir(root: Path, spec: RunSpec | None = None, junk: bool = False) ->
                                 run / "maps" / f"{cid}.parquet",
                             )
     ratios = list(spec.ratios) + ([spec.extra_grid_ratio] if spec.extra_grid_ratio is not None else [])
+    if spec.plan:
+        _write_plan(run, spec, ratios)
     methods_yaml: dict = {}
     for method, configs in spec.methods.items():
         settings: dict = {}

@@ -164,3 +164,53 @@ def test_launch_order_longest_first_then_id() -> None:
         cell("e", "funad", epochs=5),
     ]
     assert launch_order(cells) == ["d", "b", "e", "a", "c"]
+
+
+#: a value other than the default for every HASH_DEFAULTS field (a new field needs one here)
+NON_DEFAULT = {"shortfall": "augment", "min_test_anomalies": 3, "backbone.border_context": True}
+
+
+def _with(values: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """`values` with the field at dotted `path` set (the cell id's keyword args, or inside one)."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        return {**values, head: value}
+    return {**values, head: {**values[head], rest: value}}
+
+
+def test_hash_defaults_table_is_covered() -> None:
+    from harness.cells import HASH_DEFAULTS
+
+    assert set(NON_DEFAULT) == set(HASH_DEFAULTS)
+
+
+@pytest.mark.parametrize("path", sorted(NON_DEFAULT))
+def test_one_hash_rule_for_fields_added_later(path: str) -> None:
+    """At its default a listed field leaves the id as it was before the field existed (the golden
+    id); any other value joins the hashed JSON, so the id is the sha256 of the payload with it."""
+    from harness.cells import HASH_DEFAULTS
+
+    assert compute_cell_id(**_with(GOLDEN, path, HASH_DEFAULTS[path])) == "bdb32c9d346566db"
+    other = NON_DEFAULT[path]
+    payload = {k: GOLDEN[k] for k in ("dataset", "category", "backbone", "method", "settings")}
+    payload |= {"ratio": 0.1, "count": None, "overlap": False, "seed": 0}
+    text = json.dumps(_with(payload, path, other), sort_keys=True, separators=(",", ":"))
+    want = hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert compute_cell_id(**_with(GOLDEN, path, other)) == want != "bdb32c9d346566db"
+
+
+def test_explicit_defaults_in_the_spec_keep_the_ids(tmp_path: Path, root: Path) -> None:
+    """`shortfall: cap` and `border_context: false` written out are the cells of the plain spec."""
+    plain = load_spec(spec_file(tmp_path, root, name="plain"))
+    explicit = load_spec(
+        spec_file(
+            tmp_path, root, name="explicit",
+            backbone={"resize": 64, "crop": 64, "border_context": False},
+            contamination={"ratios": [0.0, 0.1], "overlap": [False, True], "shortfall": "cap"},
+        )
+    )
+    changed = load_spec(spec_file(tmp_path, root, name="changed", backbone={"resize": 64, "crop": 64,
+                                                                            "border_context": True}))
+    ids = [c.cell_id for c in expand_cells(plain)]
+    assert [c.cell_id for c in expand_cells(explicit)] == ids
+    assert not set(ids) & {c.cell_id for c in expand_cells(changed)}

@@ -280,7 +280,8 @@ def _cell(cell_id: str, method: str, hp: dict):
 def _write(run_dir: Path, methods: dict, cell_id: str, method: str, hp: dict, history: list[dict]) -> None:
     from datetime import UTC, datetime
 
-    from harness.store import RunStore, build_failed_row, write_table_atomic
+    from harness.rows import build_failed_row
+    from harness.store import RunStore, write_table_atomic
 
     store = RunStore(run_dir, methods=methods)
     store.ensure_dirs()
@@ -293,7 +294,9 @@ def _write(run_dir: Path, methods: dict, cell_id: str, method: str, hp: dict, hi
 
 
 def test_grown_and_shrunk_spec_keep_one_schema(tmp_path: Path) -> None:
-    from harness.store import SCHEMA_METHODS_FILE, history_schema, result_schema, unify_run_schema
+    from harness.migrate import unify_run_schema
+    from harness.schema import history_schema, result_schema
+    from rundir import SCHEMA_METHODS_FILE
 
     run_dir = tmp_path / "run"
     logs: list[str] = []

@@ -339,3 +339,34 @@ def test_cli_and_wall(tmp_path: Path, built: tuple[Path, Path, str], capsys: pyt
         "sys.exit(bool(bad))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_missing_cells_are_plan_minus_results(built: tuple[Path, Path, str]) -> None:
+    """Exactly the planned ids without a result file (a failed cell has one, so it is not missing)."""
+    run, report, html = built
+    plan = pq.read_table(run / "plan.parquet").to_pandas()
+    done = {p.stem for p in (run / "results").glob("*.parquet")}
+    missing = pd.read_csv(report.parent / "report_tables" / "missing.csv")
+    assert set(missing["cell_id"]) == set(plan["cell_id"]) - done
+    assert len(missing) == len(set(plan["cell_id"]) - done) > 0
+    by_id = plan.set_index("cell_id")
+    for _, m in missing.iterrows():  # each row describes its planned cell
+        want = by_id.loc[m["cell_id"]]
+        for col in ("dataset", "category", "method", "ratio", "seed"):
+            assert m[col] == want[col], col
+    funad = missing[missing["method"] == "funad"]
+    assert set(funad["config"]) == {"keep_ratio=0.25", "keep_ratio=0.5"}  # swept: labelled
+    assert set(missing.loc[missing["method"] == "patchcore", "config"].fillna("")) == {""}  # not swept
+    section = html.split('<section id="failures">', 1)[1].split("<section", 1)[0]
+    assert all(cid in section for cid in missing["cell_id"])
+
+
+def test_run_without_plan_cannot_list_missing_cells(tmp_path: Path) -> None:
+    run = make_run_dir(
+        tmp_path, RunSpec(plan=False, maps=False, history=False, methods={"patchcore": [{}]}, failed=None)
+    )
+    html = build_report(run).read_text()
+    section = html.split('<section id="failures">', 1)[1].split("<section", 1)[0]
+    assert "cannot be listed" in section and "plan.parquet" in section
+    assert T.missing_cells(None, load_run(run).results) is None
+    assert len(pd.read_csv(run / "report_tables" / "missing.csv")) == 0

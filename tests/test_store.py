@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,9 @@ from funad.data.contamination import Split
 from funad.methods import method_class
 from funad.run import CellConfig, CellOutcome
 from harness.cells import Cell
-from harness.store import RunStore, build_failed_row, build_ok_row, history_schema, result_schema
+from harness.rows import build_failed_row, build_ok_row
+from harness.schema import history_schema, result_schema
+from harness.store import RunStore
 
 METHODS = {"funad": {"epochs": [2, 3], "keep_ratio": 0.5}, "patchcore": {"coreset_ratio": [0.1, 0.2]}}
 CONTRACT_COLUMNS = {
@@ -290,3 +293,37 @@ def test_peak_rss_is_per_cell_after_reset() -> None:
         pytest.skip("this kernel does not allow resetting the peak RSS")
     assert high >= 300
     assert peak_rss_mb() < high - 250
+
+
+def test_plan_one_row_per_cell_rewritten_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan.parquet holds every cell of the grid with its defining values; a grown grid replaces it,
+    and a failed write leaves the previous plan whole (no temp file behind)."""
+    store = RunStore(tmp_path / "run", METHODS)
+    cells = [
+        make_cell("p1", "funad", {"epochs": 2}),
+        make_cell("p2", "funad", {"epochs": 3}),
+        make_cell("p3", "patchcore", {"coreset_ratio": 0.2}),
+    ]
+    path = store.write_plan(cells[:2])
+    plan = pq.read_table(path).to_pandas()
+    assert plan["cell_id"].tolist() == ["p1", "p2"] and plan["hp_epochs"].tolist() == [2, 3]
+    assert pq.read_schema(path).field("hp_epochs").type == pa.int64()
+    row = plan.iloc[0]
+    assert (row["dataset"], row["category"], row["method"], row["seed"]) == ("synthetic", "brick", "funad", 1)
+    assert row["ratio"] == 0.1 and not row["overlap"] and row["shortfall"] == "cap"
+    assert pd.isna(row["dataset_root"]) and pd.isna(row["requested_count"])
+    assert json.loads(row["params"]) == method_class("funad").Settings(epochs=2).model_dump(mode="json")
+
+    grown = store.write_plan(cells)
+    assert pq.read_table(grown).column("cell_id").to_pylist() == ["p1", "p2", "p3"]
+    assert pd.isna(pq.read_table(grown).to_pandas().set_index("cell_id").loc["p3", "hp_epochs"])
+
+    def die(*args: object, **kw: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", die)
+    with pytest.raises(OSError, match="disk full"):
+        store.write_plan(cells[:1])
+    monkeypatch.undo()
+    assert pq.read_table(path).column("cell_id").to_pylist() == ["p1", "p2", "p3"]
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.is_file()] == ["plan.parquet"]

@@ -141,11 +141,65 @@ def test_resume_command_names_the_fresh_run(tmp_path: Path) -> None:
 
 
 def test_feature_jobs_are_deduplicated() -> None:
-    from harness.cells import FeatureJob
-    from harness.features_stage import to_tasks
+    from funad.run import CellConfig
+    from harness.cells import Cell, feature_jobs
 
-    a = FeatureJob({"kind": "mvtec", "root": "/d"}, "bottle", {"name": "x"})
-    b = FeatureJob({"kind": "mvtec", "root": "/d"}, "wood", {"name": "x"})
-    tasks = to_tasks([a, b, a, ({"kind": "mvtec", "root": "/d"}, "bottle", {"name": "x"})])
+    def cell(category: str, method: str, seed: int) -> Cell:
+        cfg = CellConfig(dataset={"kind": "mvtec", "root": "/d"}, category=category, backbone={"name": "x"},
+                         method=method, seed=seed)
+        return Cell(f"{category}-{method}-{seed}", cfg)
+
+    cells = [cell("bottle", "patchcore", 0), cell("wood", "patchcore", 0), cell("bottle", "softpatch", 1)]
+    tasks = feature_jobs([*cells, cell("bottle", "patchcore", 2)])
     assert [t.category for t in tasks] == ["bottle", "wood"]
     assert tasks[0].label == "mvtec/bottle/x"
+
+
+def test_plan_is_written_before_ray_and_follows_the_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every invocation writes <run>/plan.parquet (the current grid) before Ray starts."""
+    import pyarrow.parquet as pq
+
+    import harness.sweep as hs
+    from harness.cells import expand_cells
+    from harness.spec import load_spec
+
+    spec = write_spec(tmp_path)
+    plan_file = tmp_path / "runs" / "t" / "plan.parquet"
+    seen: list[list[str]] = []
+
+    def no_ray(plan: hs.Plan, args: object, address: object) -> tuple[bool, None]:
+        seen.append(pq.read_table(plan_file).column("cell_id").to_pylist())
+        return False, None
+
+    monkeypatch.setattr(hs, "run_on_ray", no_ray)
+    monkeypatch.setattr(hs, "_sigterm_as_interrupt", lambda: None)  # keep pytest's own SIGTERM
+    assert hs.main([str(spec)]) == 1  # nothing ran: not complete
+    assert seen == [[c.cell_id for c in expand_cells(load_spec(spec))]] and len(seen[0]) == 8
+    grown = ["--set", "seeds=[0,1,2]"]
+    assert hs.main([str(spec), *grown]) == 1
+    assert len(seen[1]) == 12 and set(seen[0]) < set(seen[1])
+    assert pq.read_table(plan_file).column("cell_id").to_pylist() == seen[1]
+    assert not [p for p in plan_file.parent.iterdir() if p.name.startswith(".")]  # no temp files
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("key", ["storage", "feature_cache", "data_cache"])
+def test_uri_storage_is_refused_at_validation(
+    key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bucket URI is refused before anything starts (exit 2), with what to do instead."""
+    import harness.sweep as hs
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a URI reached Ray")
+
+    monkeypatch.setattr(hs, "run_on_ray", forbidden)
+    spec = write_spec(tmp_path, **{key: "s3://bucket/runs"})
+    assert hs.main([str(spec)]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {spec}: {key}: 's3://bucket/runs' is a URI")
+    assert "mount it on every node" in lines[0] and "storage_shared: true" in lines[0]
+    assert not (tmp_path / "runs").exists()

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest_data import build_mvtec, sweep_env, write_tiny_spec
 
-from harness.store import RESULT_FIELDS
+from rundir import RESULT_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
 CONTRACT_COLUMNS = [f.name for f in RESULT_FIELDS]

@@ -21,15 +21,16 @@ from PIL import Image
 from funad.data.folder import check_fraction, seeded_split
 from funad.data.mvtec import check_root, list_images, rel_id, unknown_category
 from funad.data.records import Dataset, DatasetError, ImageRecord
-from funad.paths import data_cache
+from funad.paths import data_cache as default_data_cache
 
 DIGITS_NAME = "oneclass-digits-v1"
 
 
-def digits_dir(image_size: int = 64) -> Path:
-    """Cache folder of the rendered digits; the default size keeps the plain versioned name."""
+def digits_dir(image_size: int = 64, data_cache: Path | None = None) -> Path:
+    """Folder of the rendered digits under `data_cache` (default funad.paths.data_cache()); the
+    default size keeps the plain versioned name."""
     name = DIGITS_NAME if image_size == 64 else f"{DIGITS_NAME}-{image_size}px"
-    return data_cache() / name
+    return (default_data_cache() if data_cache is None else Path(data_cache).expanduser()) / name
 
 
 def render_digit(pixels: np.ndarray, image_size: int) -> Image.Image:
@@ -39,15 +40,15 @@ def render_digit(pixels: np.ndarray, image_size: int) -> Image.Image:
     return im.convert("RGB")
 
 
-def build_digits(image_size: int = 64) -> Path:
-    """Render the digits to `<cache>/<name>/<class>/<index>.png` once; safe under concurrency.
+def build_digits(image_size: int = 64, data_cache: Path | None = None) -> Path:
+    """Render the digits to `<data_cache>/<name>/<class>/<index>.png` once; safe under concurrency.
 
     Written into a temp folder next to the target and renamed into place, so a reader never sees
     a half-written tree and two processes racing both end up with the same complete folder.
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
         raise DatasetError(f"oneclass: image_size must be an integer >= 8, got {image_size!r}")
-    target = digits_dir(image_size)
+    target = digits_dir(image_size, data_cache)
     if target.is_dir():
         return target
     from sklearn.datasets import load_digits
@@ -79,13 +80,18 @@ class OneClassDataset(Dataset):
     train_fraction: float = 0.6
     split_seed: int = 0
     image_size: int = 64
+    #: where the built-in digits are rendered when root is None (default funad.paths.data_cache())
+    data_cache: Path | None = None
 
     def __post_init__(self) -> None:
         self.kind = "oneclass"
         self.pixel_level = False
         check_fraction(self.train_fraction, "oneclass")
         self.builtin = self.root is None
-        self.root = build_digits(self.image_size) if self.root is None else Path(self.root).expanduser()
+        if self.root is None:
+            self.root = build_digits(self.image_size, self.data_cache)
+        else:
+            self.root = Path(self.root).expanduser()
 
     def categories(self) -> list[str]:
         check_root(self.root, self.kind)

@@ -1,0 +1,143 @@
+"""The checks that need the world, done before Ray starts: dataset roots and categories exist (a
+user's tree is listed from headers, so a broken one costs no cluster time), the backbone is a timm
+model, a weights file exists, methods are registered and every grid point of a method's settings
+passes that method's own Settings model."""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from pathlib import Path
+from typing import Any
+
+import timm
+from pydantic import ValidationError
+
+from funad.backbones import WEIGHT_KINDS
+from funad.data import DATASET_KINDS, KINDS, create_dataset
+from funad.methods import available, method_class
+from harness.cells import list_valued_settings, method_grid
+from harness.spec.errors import pydantic_problems
+from harness.spec.models import DatasetSpec, no_duplicates
+from harness.spec.overrides import has_unset_env
+
+#: at most this many grid points of one method are validated one by one
+MAX_VALIDATED_POINTS = 4096
+
+
+def check_dataset(ds: DatasetSpec, i: int, src: str, check_data: bool, data_cache: Path | None) -> list[str]:
+    where = f"{src}: datasets[{i}]"
+    if ds.kind not in KINDS:
+        return [f"{where}.kind: unknown dataset kind {ds.kind!r} (allowed: {', '.join(DATASET_KINDS)})"]
+    if ds.root is not None and has_unset_env(ds.root):
+        return []  # already reported
+    if ds.root is None and KINDS[ds.kind].needs_root:
+        return [f"{where}.root: required for kind {ds.kind} (allowed: the dataset's directory)"]
+    if ds.root is not None and not Path(ds.root).expanduser().is_dir():
+        return [f"{where}.root: directory does not exist: {ds.root} (allowed: an existing directory)"]
+    if not check_data:
+        return []
+    options = dict(ds.model_extra or {})
+    try:
+        dataset = create_dataset(ds.kind, root=ds.root, data_cache=data_cache, **options)
+        have = dataset.categories()
+    except TypeError as e:
+        return [
+            f"{where}: invalid option for kind {ds.kind}: {e} (allowed: kind, root, categories and the "
+            "loader's options)"
+        ]
+    except Exception as e:  # DatasetError and friends: the message names the path
+        return [f"{where}: cannot open the dataset: {e}"]
+    if ds.categories == "all":
+        if not have:
+            return [f"{where}.categories: the dataset has no categories"]
+        wanted = list(have)
+    else:
+        unknown = []
+        for c in ds.categories:
+            if c in have:
+                continue
+            folder = Path(ds.root).expanduser() / c if ds.root is not None else None
+            hint = (
+                f"; the folder {folder} exists but is not laid out as a {ds.kind} category"
+                if folder is not None and folder.is_dir()
+                else ""
+            )
+            unknown.append(
+                f"{where}.categories: unknown category {c!r}{hint} (allowed: {', '.join(have) or '(none)'})"
+            )
+        if unknown:
+            return unknown
+        wanted = list(ds.categories)
+    if ds.root is None:
+        return []  # built-in data: listing it would generate it; it is the project's own, not a user's
+    # The user's tree: list every category now (folders, splits, masks and their sizes are checked
+    # from headers only). Undecodable image bodies can only be found by decoding; those end as
+    # failed rows.
+    out = []
+    for c in wanted:
+        try:
+            dataset.records(c)
+        except Exception as e:  # DatasetError names the path
+            out.append(f"{where}: category {c!r}: {e}")
+    return out
+
+
+def check_backbone(raw: Any, src: str) -> list[str]:
+    """The given backbone name is a timm model and a weights path exists (types and the other fields
+    are BackboneConfig's, checked with the rest of the file)."""
+    if not isinstance(raw, dict):
+        return []
+    where = f"{src}: backbone"
+    out = []
+    name, weights = raw.get("name"), raw.get("weights")
+    if isinstance(name, str) and not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"e.g. {', '.join(close)}" if close else "a timm model name"
+        out.append(f"{where}.name: unknown backbone {name!r} (allowed: {hint})")
+    if (
+        isinstance(weights, str)
+        and weights not in WEIGHT_KINDS
+        and not has_unset_env(weights)
+        and not Path(weights).expanduser().is_file()
+    ):
+        out.append(
+            f"{where}.weights: weights file does not exist: {weights} "
+            f"(allowed: {', '.join(WEIGHT_KINDS)} or a weights file path)"
+        )
+    return out
+
+
+def check_method(name: str, settings: Any, src: str) -> list[str]:
+    where = f"{src}: methods.{name}"
+    try:
+        names = available()
+    except ImportError as e:  # a method module that fails to import is itself a problem to show
+        return [f"{where}: cannot load the method registry ({e})"]
+    if name not in names:
+        return [f"{where}: unknown method {name!r} (allowed: {', '.join(names)})"]
+    if not isinstance(settings, dict):
+        return []  # the structural pass reports the type
+    out = []
+    lv = list_valued_settings(name)
+    for key, value in settings.items():
+        if isinstance(value, list) and key not in lv:
+            if not value:
+                out.append(f"{where}.{key}: empty grid (allowed: a value, or a list of at least one value)")
+            else:
+                try:
+                    no_duplicates(value)
+                except ValueError as e:
+                    out.append(f"{where}.{key}: {e}")
+    if out:
+        return out
+    settings_cls = method_class(name).Settings
+    seen: list[str] = []
+    for params, _hp in itertools.islice(method_grid(name, settings), MAX_VALIDATED_POINTS):
+        try:
+            settings_cls(**params)
+        except ValidationError as e:
+            for p in pydantic_problems(e, src, settings_cls, ("methods", name)):
+                if p not in seen:
+                    seen.append(p)
+    return seen

@@ -1,0 +1,74 @@
+"""The run directory's names and its one write rule (temp file in the same folder, then rename).
+
+Every writer of a run directory (the harness's store, the live status, the report) goes through
+`atomic_write`, so a reader never sees a half-written file, and every reader skips what `is_temp`
+names: a writer killed mid-write leaves only a temp file, never a final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS_DIR = "results"
+SCORES_DIR = "scores"
+HISTORY_DIR = "history"
+MAPS_DIR = "maps"
+#: one Parquet file per cell in each; results/ is written last (the cell's completion mark)
+CELL_DIRS: tuple[str, ...] = (RESULTS_DIR, SCORES_DIR, HISTORY_DIR, MAPS_DIR)
+FEATURES_DIR = "features"
+TUNE_DIR = "tune"
+
+#: the resolved sweep spec of the latest invocation
+SPEC_FILE = "sweep.yaml"
+#: the union of every invocation's `methods`, which fixes the run's hp_*/diag_* columns
+SCHEMA_METHODS_FILE = "schema_methods.yaml"
+#: one row per cell of the latest invocation's grid (missing = plan minus results)
+PLAN_FILE = "plan.parquet"
+REPORT_FILE = "report.html"
+#: where a running sweep stands (harness.progress)
+LIVE_FILE = "live.json"
+
+#: mode of every file written here: readable by the other users of a shared run directory
+FILE_MODE = 0o644
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_prefix(name: str) -> str:
+    """Temp files of `name` are `.<name>.<random>.tmp`: hidden (dataset readers skip dot-files) and
+    marked ".tmp" (our readers skip those too)."""
+    return f".{name}."
+
+
+def is_temp(path: str | os.PathLike[str]) -> bool:
+    """Whether a file is an in-flight (or abandoned) write rather than a finished file."""
+    name = Path(path).name
+    return name.startswith(".") or TEMP_SUFFIX in name
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes | Callable[[Path], None]) -> Path:
+    """Write `data` (text, bytes, or a function that writes a given temp path) to a temp file next to
+    `path`, then rename it onto `path`. On any error the temp file is removed and `path` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        if callable(data):
+            os.close(fd)
+            fd = -1
+            data(tmp)
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fd = -1
+                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
