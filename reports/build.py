@@ -8,9 +8,7 @@ shown in the report, in %), plus ``main.tex`` for the main table. All files are 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,23 +18,14 @@ import plotly.offline
 
 from reports import html as H
 from reports import plots as P
+from reports import stats as S
 from reports import tables as T
 from reports.load import METRICS, ORACLE, RunData, load_run, parse_versions
 from reports.paper import display_paper, paper_table
+from rundir import PLAN_FILE
+from rundir import atomic_write as write_atomic  # the run directory's one write rule
 
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Temp file in the same folder + rename: readers never see a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+NO_PLAN = f"cannot be listed: this run has no {PLAN_FILE} (it predates the planned grid file)"
 
 
 def _write_table(folder: Path, name: str, raw: pd.DataFrame, shown: pd.DataFrame) -> list[Path]:
@@ -62,7 +51,9 @@ def _environment(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["item", "value", "cells"])
 
 
-def _summary(data: RunData, prepared: pd.DataFrame, missing: pd.DataFrame, files: list[Path]) -> H.Section:
+def _summary(
+    data: RunData, prepared: pd.DataFrame, missing: pd.DataFrame | None, files: list[Path]
+) -> H.Section:
     res = prepared
     n_ok = int((res["status"] == "ok").sum()) if len(res) else 0
     n_bad = len(res) - n_ok
@@ -72,7 +63,7 @@ def _summary(data: RunData, prepared: pd.DataFrame, missing: pd.DataFrame, files
             ("cells with a result", str(len(res))),
             ("ok", str(n_ok)),
             ("failed", str(n_bad)),
-            ("missing from the sweep.yaml grid", str(len(missing))),
+            ("missing (planned, no result)", NO_PLAN if missing is None else str(len(missing))),
             ("datasets", ", ".join(sorted(res["dataset"].dropna().astype(str).unique()))),
             ("methods", ", ".join(sorted(res["method"].dropna().astype(str).unique()))),
             ("categories", str(res["category"].nunique())),
@@ -112,6 +103,46 @@ def _summary(data: RunData, prepared: pd.DataFrame, missing: pd.DataFrame, files
     return sec
 
 
+def _robustness_section(shown: pd.DataFrame) -> H.Section:
+    """How much each variant loses from ratio 0 to each ratio (sortable: click a header)."""
+    return H.Section("robustness", "Robustness (change from ratio 0)").add(
+        '<p class="note">Change of each metric from ratio 0 to each ratio, in percentage points: the mean '
+        "over the (category, seed) cells run at both ratios of the difference noisy − clean, with a seeded "
+        "bootstrap 95% CI over those cells (BCa); n = matched cells. Click a header to sort. Also in "
+        "robustness.csv / robustness.md.</p>",
+        H.table(shown, empty="No ratio-0 cells to compare with.", sortable=True),
+    )
+
+
+def _stats_sections(ranks: list[S.RankResult], shown: dict[str, pd.DataFrame]) -> list[H.Section]:
+    """Critical-difference diagrams, the pairwise comparisons and the per-cell AUROC intervals."""
+    cd = H.Section("cd", "Critical-difference diagrams").add(
+        '<p class="note">Per dataset and ratio: each variant\'s average rank over categories (mean over '
+        "seeds per category first; 1 = best). Friedman test over the categories; Nemenyi critical difference "
+        "CD = q<sub>0.05</sub>·√(k(k+1)/6N) (Demšar 2006). A thick bar joins variants whose average ranks "
+        "differ by less than the CD (not significantly different); when the Friedman test does not reject "
+        "equal ranks one bar joins all. Also in critical_difference.csv.</p>",
+        H.figures(P.cd_diagrams(ranks), grid=False),
+        H.table(shown["critical_difference"], empty="No rankable groups.", sortable=True),
+    )
+    pairwise = H.Section("pairwise", "Pairwise comparisons").add(
+        '<p class="note">Every pair of variants at each dataset and ratio: a − b in percentage points, the '
+        "mean over matched (category, seed) cells with a seeded bootstrap 95% CI (BCa) and the Wilcoxon "
+        "signed-rank p-value (unadjusted; pairwise.csv also has the Benjamini-Hochberg p_fdr). "
+        "<em>within cell noise</em> = yes when |a − b| in image AUROC is smaller than the cells' own "
+        "test-set noise (mean over the matched cells of √(h<sub>a</sub>² + h<sub>b</sub>²), h = a cell's "
+        "AUROC CI half-width). Click a header to sort.</p>",
+        H.table(shown["pairwise"], empty="Fewer than two variants: nothing to compare.", sortable=True),
+    )
+    cells = H.Section("cell_ci", "Per-cell AUROC intervals").add(
+        '<p class="note">Image AUROC of each cell recomputed from its per-image scores, with a seeded '
+        "percentile bootstrap 95% CI that resamples test images within each label. Also in "
+        "cell_uncertainty.csv.</p>",
+        H.table(shown["cell_uncertainty"], empty="No per-image scores in this run.", sortable=True),
+    )
+    return [cd, pairwise, cells]
+
+
 def render(data: RunData, tables_dir: Path | None) -> tuple[str, list[Path]]:
     """The report's HTML, and the table files written to ``tables_dir`` (if given)."""
     prepared = T.prepare(data.results)
@@ -123,17 +154,27 @@ def render(data: RunData, tables_dir: Path | None) -> tuple[str, list[Path]]:
     paper = paper_table(main)
     cost = T.cost_table(prepared, data.spec)
     fails = T.failures_table(prepared)
-    missing = T.missing_cells(data.spec, prepared)
+    missing = T.missing_cells(data.plan, prepared)
+    missing_rows = pd.DataFrame(columns=T.MISSING_COLUMNS) if missing is None else missing
+    cell_ci = S.cell_uncertainty(data.run_dir, ok, data.problems)
+    cat = cat.assign(image_auroc_cell_hw=S.category_cell_ci(cat, ok, cell_ci))
+    pairwise = S.pairwise_table(ok, cell_ci)
+    robust = S.robustness_table(ok, cell_ci)
+    ranks = S.rank_results(ok)
 
     shown = {
         "main": T.display(main),
-        "per_category": T.display(cat),
+        "per_category": S.display_category_ci(T.display(cat), cat),
         "oracle": T.display(orc, list(ORACLE), label=T.ORACLE_LABEL),
         "paper": display_paper(paper),
         "sensitivity": T.display(sens),
         "cost": T.display_cost(cost),
         "failures": fails.assign(error=fails["error"].fillna("")).astype(str) if len(fails) else fails,
-        "missing": missing.astype(str) if len(missing) else missing,
+        "missing": missing_rows.astype(str) if len(missing_rows) else missing_rows,
+        "robustness": S.display_robustness(robust),
+        "pairwise": S.display_pairwise(pairwise),
+        "critical_difference": S.display_ranks(ranks),
+        "cell_uncertainty": S.display_cells(cell_ci),
     }
     raw = {
         "main": main,
@@ -143,7 +184,11 @@ def render(data: RunData, tables_dir: Path | None) -> tuple[str, list[Path]]:
         "sensitivity": sens,
         "cost": cost,
         "failures": fails,
-        "missing": missing,
+        "missing": missing_rows,
+        "robustness": robust,
+        "pairwise": pairwise,
+        "critical_difference": S.rank_table(ranks),
+        "cell_uncertainty": cell_ci,
     }
     files: list[Path] = []
     if tables_dir is not None:
@@ -172,6 +217,7 @@ def render(data: RunData, tables_dir: Path | None) -> tuple[str, list[Path]]:
                 ),
             )
         )
+        sections.append(_robustness_section(shown["robustness"]))
         sections.append(
             H.Section("ratio", "Metrics against contamination ratio").add(
                 '<p class="note">One line per method (and swept configuration); shaded band = ± std '
@@ -197,6 +243,7 @@ def render(data: RunData, tables_dir: Path | None) -> tuple[str, list[Path]]:
                 H.table(shown["per_category"]),
             )
         )
+        sections += _stats_sections(ranks, shown)
     sections.append(
         H.Section("paper", "Ours vs paper").add(
             '<p class="note">Reference numbers from <code>reports/paper_reference.csv</code>: second-hand '
@@ -249,8 +296,8 @@ def render(data: RunData, tables_dir: Path | None) -> tuple[str, list[Path]]:
     sections.append(
         H.Section("failures", "Failures and missing cells").add(
             H.table(shown["failures"], empty="No failed cells."),
-            "<h3>Missing cells (in sweep.yaml's grid, no result row)</h3>",
-            H.table(shown["missing"], empty="None (or the grid could not be derived from sweep.yaml)."),
+            "<h3>Missing cells (in the run's plan, no result row)</h3>",
+            H.table(shown["missing"], empty=NO_PLAN if missing is None else "None."),
         )
     )
     sections.append(
@@ -296,4 +343,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-__all__ = ["build_report", "main", "render", "write_atomic"]
+__all__ = ["build_report", "main", "render"]

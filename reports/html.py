@@ -54,6 +54,43 @@ th.oracle { background:#f3e8fd; }
 .gallery figcaption { font-size:12px; color:var(--muted); }
 pre { background:var(--bg); border:1px solid var(--line); padding:10px; overflow:auto; font-size:12px; }
 .files code { font-size:12px; }
+table.sortable th { cursor:pointer; user-select:none; }
+table.sortable th:hover { background:#e2e7ef; }
+table.sortable th[aria-sort="ascending"]::after { content:" \\25B2"; font-size:10px; }
+table.sortable th[aria-sort="descending"]::after { content:" \\25BC"; font-size:10px; }
+"""
+
+# Click a header of a table.sortable to sort by it (again: reverse). Cells sort by their leading number when
+# both have one (numbers before text either way, so '–' stays last), else as text. Static code: it reads only
+# the DOM, so it needs no escaping of run data.
+SORT_JS = """
+(function () {
+  function num(cell) {
+    var v = parseFloat(cell.textContent.trim().replace(/\\u2212/g, '-'));
+    return isNaN(v) ? null : v;
+  }
+  document.querySelectorAll('table.sortable').forEach(function (tbl) {
+    var heads = tbl.tHead.rows[0].cells;
+    Array.prototype.forEach.call(heads, function (th, col) {
+      th.addEventListener('click', function () {
+        var dir = th.getAttribute('aria-sort') === 'ascending' ? 'descending' : 'ascending';
+        Array.prototype.forEach.call(heads, function (h) { h.removeAttribute('aria-sort'); });
+        th.setAttribute('aria-sort', dir);
+        var sign = dir === 'ascending' ? 1 : -1;
+        var body = tbl.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows);
+        rows.sort(function (a, b) {
+          var x = num(a.cells[col]), y = num(b.cells[col]);
+          if (x !== null && y !== null) { return sign * (x - y); }
+          if (x !== null) { return -1; }
+          if (y !== null) { return 1; }
+          return sign * a.cells[col].textContent.localeCompare(b.cells[col].textContent);
+        });
+        rows.forEach(function (r) { body.appendChild(r); });
+      });
+    });
+  });
+})();
 """
 
 
@@ -82,8 +119,12 @@ def table(
     oracle: bool = False,
     error_cols: tuple[str, ...] = ("error",),
     empty: str = "no rows",
+    sortable: bool = False,
 ) -> str:
-    """Escaped HTML table of a text frame; oracle headers (already labelled) get their own colour."""
+    """Escaped HTML table of a text frame; oracle headers (already labelled) get their own colour.
+
+    ``sortable`` tables sort by a column when its header is clicked (:data:`SORT_JS`).
+    """
     if df.empty:
         return f'<p class="note">{esc(empty)}</p>'
     head = "".join(
@@ -103,8 +144,9 @@ def table(
             )
         body.append("<tr>" + "".join(cells) + "</tr>")
     cap = f'<p class="note">{caption}</p>' if caption else ""
+    cls = ' class="sortable"' if sortable else ""
     return (
-        f'{cap}<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>'
+        f'{cap}<div class="table-wrap"><table{cls}><thead><tr>{head}</tr></thead><tbody>'
         + "".join(body)
         + "</tbody></table></div>"
     )
@@ -164,5 +206,5 @@ def document(title: str, subtitle: str, sections: list[Section], plotly_js: str)
         f'<script type="text/javascript">{safe_js}</script></head><body>'
         f'<header><h1>{esc(title)}</h1><div class="sub">{esc(subtitle)}</div></header>'
         f'<div class="layout"><nav><strong>Contents</strong><ol>{toc}</ol></nav><main>{body}</main></div>'
-        "</body></html>\n"
+        f"<script>{SORT_JS}</script></body></html>\n"
     )

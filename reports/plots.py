@@ -25,6 +25,7 @@ from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
 from reports.load import METRICS
+from reports.stats import RankResult
 from reports.tables import ORACLE_LABEL, variant_label
 
 PALETTE = qualitative.Plotly + qualitative.D3
@@ -430,6 +431,159 @@ def training_plots(history: pd.DataFrame, cells: pd.DataFrame, max_cells: int = 
         fig.update_xaxes(title_text="epoch")
         plots.append(Plot(_key("train", method), "training", title, fig))
     return plots
+
+
+def _segments(points: list[list[tuple[float, float]]]) -> tuple[list[float | None], list[float | None]]:
+    """x/y lists of several polylines for one trace (None breaks the line between them)."""
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for line in points:
+        xs += [p[0] for p in line] + [None]
+        ys += [p[1] for p in line] + [None]
+    return xs, ys
+
+
+def cd_diagram(res: RankResult) -> Plot | None:
+    """Demšar's critical-difference diagram: a rank axis (1 = best, left), each variant hung at its average
+    rank with its label at the side, a thick bar joining each group not significantly different, the CD above.
+
+    Traces carry ``meta`` ("axis", "cd", "variant", "group") so tests can read the drawing back.
+    """
+    ranks = [float(r) for r in res.ranks]
+    if not ranks or any(not np.isfinite(r) for r in ranks):
+        return None
+    k = res.k
+    cd = float(res.cd) if np.isfinite(res.cd) else 0.0
+    hi = float(max(k, 1 + cd))
+    step = 0.55
+    bars_y = [-(0.35 + 0.22 * j) for j in range(len(res.cliques))]
+    first = (bars_y[-1] if bars_y else -0.2) - 0.45
+    half = (k + 1) // 2
+    fig = go.Figure()
+    ticks = [[(float(i), 0.0), (float(i), 0.14)] for i in range(1, int(np.floor(hi)) + 1)]
+    ticks += [[(i + 0.5, 0.0), (i + 0.5, 0.07)] for i in range(1, int(np.floor(hi))) if i + 0.5 <= hi]
+    xs, ys = _segments([[(1.0, 0.0), (hi, 0.0)], *ticks])
+    fig.add_trace(
+        go.Scatter(
+            x=xs, y=ys, mode="lines", line=dict(color="#222", width=1.5), hoverinfo="skip", meta="axis"
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=list(range(1, int(np.floor(hi)) + 1)),
+            y=[0.3] * int(np.floor(hi)),
+            mode="text",
+            text=[str(i) for i in range(1, int(np.floor(hi)) + 1)],
+            textfont=dict(color="#222"),
+            hoverinfo="skip",
+            meta="ticklabels",
+        )
+    )
+    if cd > 0:
+        xs, ys = _segments(
+            [[(1.0, 0.75), (1.0 + cd, 0.75)], [(1.0, 0.68), (1.0, 0.82)], [(1 + cd, 0.68), (1 + cd, 0.82)]]
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line=dict(color="#b3261e", width=2),
+                name=f"CD = {cd:.3f}",
+                hovertemplate=f"Nemenyi CD = {cd:.3f} (α 0.05, k={k}, N={res.n_categories})<extra></extra>",
+                meta="cd",
+            )
+        )
+    annotations = []
+    if cd > 0:
+        annotations.append(
+            dict(x=1.0 + cd / 2, y=0.95, text=f"CD = {cd:.2f}", showarrow=False, font=dict(color="#b3261e"))
+        )
+    for i, (label, rank) in enumerate(zip(res.labels, ranks, strict=True)):
+        left = i < half
+        depth = first - step * (i if left else k - 1 - i)
+        edge = 1.0 - 0.05 * hi if left else hi * 1.05
+        name = esc(label)
+        fig.add_trace(
+            go.Scatter(
+                x=[rank, rank, edge],
+                y=[0.0, depth, depth],
+                mode="lines+markers",
+                marker=dict(size=[7, 0, 0], color=PALETTE[i % len(PALETTE)]),
+                line=dict(color="#444", width=1),
+                name=name,
+                meta="variant",
+                customdata=[rank] * 3,
+                hovertemplate=f"{name}<br>average rank %{{customdata:.3f}}<extra></extra>",
+            )
+        )
+        annotations.append(
+            dict(
+                x=edge,
+                y=depth,
+                text=f"{name} ({rank:.2f})",
+                showarrow=False,
+                xanchor="right" if left else "left",
+                xshift=-4 if left else 4,
+                font=dict(size=12),
+            )
+        )
+    for j, (lo, hi_i) in enumerate(res.cliques):
+        fig.add_trace(
+            go.Scatter(
+                x=[ranks[lo] - 0.03, ranks[hi_i] + 0.03],
+                y=[bars_y[j], bars_y[j]],
+                mode="lines",
+                line=dict(color="#111", width=5),
+                name="not significantly different",
+                hovertemplate=", ".join(esc(x) for x in res.labels[lo : hi_i + 1])
+                + ": not significantly different<extra></extra>",
+                meta="group",
+            )
+        )
+    longest = max(len(f"{lab} ({r:.2f})") for lab, r in zip(res.labels, ranks, strict=True))
+    side = int(min(360, 40 + 7 * longest))
+    level = f"ratio {res.ratio:g}" if pd.notna(res.ratio) else f"{int(res.count)} injected"
+    friedman = (
+        f"Friedman p = {res.friedman_p:.3g}" if np.isfinite(res.friedman_p) else "Friedman: not computed"
+    )
+    title = (
+        f"Critical difference: {esc(res.metric)} — {esc(res.dataset)}, {level}"
+        f"{' (overlap)' if res.overlap else ''}"
+    )
+    annotations.append(
+        dict(
+            x=0,
+            y=1.0,
+            xref="paper",
+            yref="paper",
+            xanchor="left",
+            yanchor="bottom",
+            showarrow=False,
+            text=f"{friedman}, k = {k}, N = {res.n_categories} categories",
+            font=dict(size=11, color="#5b6472"),
+        )
+    )
+    bottom = first - step * max(half, k - half)
+    fig.update_layout(
+        **{
+            **LAYOUT,
+            "height": int(76 + 58 * (abs(bottom) + 1.45)),
+            "margin": dict(l=side, r=side, t=56, b=20),
+        },
+        title=dict(text=title, font=dict(size=14)),
+        showlegend=False,
+        annotations=annotations,
+        xaxis=dict(visible=False, range=[1.0 - 0.08 * hi, hi * 1.08]),
+        yaxis=dict(visible=False, range=[bottom - 0.3, 1.15]),
+    )
+    key = _key("cd", res.dataset, res.overlap, res.ratio, res.count, res.metric)
+    return Plot(key, "cd", title, fig)
+
+
+def cd_diagrams(results: list[RankResult]) -> list[Plot]:
+    """Every drawable rank result as a CD diagram (results with a note instead of ranks are skipped)."""
+    return [p for p in (cd_diagram(r) for r in results) if p is not None]
 
 
 # ------------------------------------------------------------------------------------------------- gallery

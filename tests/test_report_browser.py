@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import io
 import json
 import os
 import queue
@@ -15,14 +16,17 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from PIL import Image
 from report_fixtures import EVIL, make_run_dir
 
 from reports.build import build_report
+from reports.stats import CD_METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = [
@@ -53,7 +57,47 @@ CHECK_JS = r"""
     evilText: text.includes('<script>alert(1)</script>'),
     imgs: Array.from(document.querySelectorAll('.gallery img')).filter(i => i.naturalWidth > 0).length,
     toc: document.querySelectorAll('nav a').length,
+    robust: document.querySelectorAll('#robustness table.sortable tbody tr').length,
+    pairwise: document.querySelectorAll('#pairwise table.sortable tbody tr').length,
+    cd: Array.from(document.querySelectorAll('.plot-cd .plotly-graph-div')).map(d => ({
+      id: d.id,
+      drawn: !!d.querySelector('svg'),
+      variants: (d.data || []).filter(t => t.meta === 'variant').map(t => t.name),
+      groups: (d.data || []).filter(t => t.meta === 'group').length,
+      cdBar: (d.data || []).filter(t => t.meta === 'cd').length,
+    })),
   });
+})()
+"""
+
+# Click the robustness table's image-AUROC change header twice; return that column after each click.
+SORT_CHECK_JS = r"""
+(() => {
+  const table = document.querySelector('#robustness table.sortable');
+  const heads = Array.from(table.tHead.rows[0].cells);
+  const col = heads.findIndex(h => h.textContent.startsWith('Δ image_auroc'));
+  const read = () => Array.from(table.tBodies[0].rows).map(r => parseFloat(r.cells[col].textContent));
+  const before = read();
+  heads[col].click();
+  const asc = read(), ascSort = heads[col].getAttribute('aria-sort');
+  heads[col].click();
+  const desc = read(), descSort = heads[col].getAttribute('aria-sort');
+  return JSON.stringify({col, before, asc, ascSort, desc, descSort});
+})()
+"""
+
+# Keep only the robustness and critical-difference sections in view and ask for a screenshot of them.
+STATS_SHOT_JS = r"""
+(() => {
+  document.querySelectorAll('main section').forEach(s => {
+    if (!['robustness', 'cd'].includes(s.id)) { s.style.display = 'none'; }
+  });
+  document.querySelector('nav').style.display = 'none';
+  window.scrollTo(0, 0);
+  const top = document.getElementById('robustness').getBoundingClientRect();
+  const cds = Array.from(document.querySelectorAll('#cd .plot-cd')).slice(0, 2);
+  const bottom = cds.length ? cds[cds.length - 1].getBoundingClientRect().bottom : top.bottom;
+  return JSON.stringify({clip: {x: 0, y: top.top, width: 1400, height: bottom - top.top, scale: 1}});
 })()
 """
 
@@ -179,8 +223,14 @@ def _errors(events: list[dict[str, Any]]) -> list[str]:
     return bad
 
 
-def render_in_chromium(report: Path, profile: Path) -> tuple[dict[str, Any], list[dict[str, Any]], bytes]:
-    """Open `report` from its file:// URL; return the page state (CHECK_JS), all events and a screenshot."""
+def render_in_chromium(
+    report: Path, profile: Path, steps: Sequence[str] = ()
+) -> tuple[dict[str, Any], list[dict[str, Any]], bytes]:
+    """Open `report` from its file:// URL; return the page state (CHECK_JS), all events and a screenshot.
+
+    Each of ``steps`` (JS returning a JSON string) then runs in turn; its value lands in ``state["steps"]``,
+    and a value with a ``clip`` also gets a screenshot of that region (``"png"``).
+    """
     binary = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
     if binary is None:
         pytest.fail("chromium not found: run `bash scripts/ensure_chromium.sh`")
@@ -215,6 +265,17 @@ def render_in_chromium(report: Path, profile: Path) -> tuple[dict[str, Any], lis
             time.sleep(0.5)
         time.sleep(0.5)
         shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session)
+        state["steps"] = []
+        for js in steps:
+            res = browser.send("Runtime.evaluate", {"expression": js, "returnByValue": True}, session=session)
+            value = json.loads(res["result"]["value"])
+            if "clip" in value:
+                time.sleep(0.5)  # plotly relayouts after sections are hidden
+                params = {"format": "png", "clip": value["clip"], "captureBeyondViewport": True}
+                value["png"] = base64.b64decode(
+                    browser.send("Page.captureScreenshot", params, session=session)["data"]
+                )
+            state["steps"].append(value)
         events += browser.drain()
     finally:
         browser.close()
@@ -232,11 +293,15 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     ok = ok[ok["status"] == "ok"]
     variants = ok[["method", "params"]].drop_duplicates()
 
-    state, events, png = render_in_chromium(report, tmp_path / "profile")
+    state, events, png = render_in_chromium(
+        report, tmp_path / "profile", steps=[SORT_CHECK_JS, STATS_SHOT_JS]
+    )
     # A test artifact only: docs/img/report.png (README) is refreshed by hand from a real sweep's report.
     dest = ROOT / "artifacts" / "report_screenshot.png"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(png)
+    sort, shot = state["steps"]
+    _save_stats_shot(shot["png"])
 
     assert _errors(events) == []
     assert state["plotly"] == "object"
@@ -249,3 +314,28 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     assert state["evilText"], "the <script> category must be shown as text"
     assert state["imgs"] > 0 and state["toc"] >= 8
     assert EVIL not in report.read_text(encoding="utf-8")
+
+    # statistics sections: one robustness row per variant and contaminated ratio, one pairwise row per pair
+    # and ratio, one CD diagram per CD metric and ratio with every variant, the CD bar and at least one group
+    ratios = ok["ratio"].nunique()
+    assert state["robust"] == len(variants) * (ratios - 1)
+    assert state["pairwise"] == len(variants) * (len(variants) - 1) // 2 * ratios
+    assert len(state["cd"]) == len(CD_METRICS) * ratios, state["cd"]
+    for plot in state["cd"]:
+        assert plot["drawn"] and len(plot["variants"]) == len(variants), plot
+        assert plot["cdBar"] == 1 and plot["groups"] >= 1, plot
+    # clicking a header sorts the robustness table by it, a second click reverses the order
+    assert sort["col"] >= 0 and sorted(sort["before"]) == sort["asc"] and sort["ascSort"] == "ascending"
+    assert sort["desc"] == sort["asc"][::-1] and sort["descSort"] == "descending"
+
+
+def _save_stats_shot(png: bytes) -> None:
+    """The robustness table + CD diagrams: full size in artifacts/, a small palette copy for the docs."""
+    (ROOT / "artifacts" / "report_stats.png").write_bytes(png)
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    assert img.width > 1000 and img.height > 400, img.size
+    small = img.resize((900, round(img.height * 900 / img.width)), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    small.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(buf, format="PNG", optimize=True)
+    assert buf.tell() <= 150 * 1024, buf.tell()
+    (ROOT / "docs" / "img" / "report_stats.png").write_bytes(buf.getvalue())
