@@ -25,6 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.cells import Cell, expand_cells, feature_jobs
+from harness.progress import (
+    DEFAULT_INTERVAL_S,
+    LiveWriter,
+    Tracker,
+    cell_infos,
+    concurrent_slots,
+    make_view,
+    tune_callback,
+)
 from harness.raycluster import ClusterError, check_storage, ray_session, resolve_address
 from harness.spec import SpecError, SweepSpec, load_spec
 from rundir import REPORT_FILE, RESULTS_DIR, TUNE_DIR
@@ -44,7 +53,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="override one setting (dotted path, value parsed as YAML); repeatable",
     )
     p.add_argument("--no-report", action="store_true", help="do not build report.html at the end")
-    p.add_argument("-q", "--quiet", action="store_true", help="do not forward Ray workers' logs here")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no live status display and no Ray worker logs here (finished cells still print)")
+    p.add_argument("--progress-every", type=float, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
+                   help="seconds between two status lines when not on a terminal (default %(default)s)")
     return p.parse_args(argv)
 
 
@@ -233,42 +245,6 @@ def _data_cache(spec: SweepSpec) -> str | None:
     return None if data_dir is None else str(data_dir)
 
 
-def progress_callback(total: int, cells: dict[str, Cell]) -> Any:
-    """One line per finished, failed or retried cell: readable for 1000+ cells, unlike Tune's tables."""
-    from ray import tune
-
-    def label(trial: Any) -> str:
-        cid = trial.config.get("cell_id", trial.trial_id)
-        cell = cells.get(cid)
-        if cell is None:
-            return str(cid)
-        cfg = cell.config
-        hp = " ".join(f"{k}={v}" for k, v in sorted(cell.hp.items()))
-        where = f"{cfg.dataset.get('kind')}/{cfg.category}"
-        return f"{cid} {where} {cfg.method} ratio={cfg.ratio} seed={cfg.seed} {hp}".rstrip()
-
-    class Progress(tune.Callback):
-        def __init__(self) -> None:
-            self.finished = 0
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.finished += 1
-            result = trial.last_result or {}
-            auroc = result.get("image_auroc")
-            score = f" image_auroc={auroc:.3f}" if isinstance(auroc, int | float) else ""
-            out(f"[{self.finished}/{total}] ok     {label(trial)}{score}")
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.finished += 1
-            cid = trial.config.get("cell_id")
-            out(f"[{self.finished}/{total}] FAILED {label(trial)} (error: results/{cid}.parquet)")
-
-        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            out(f"  retrying {label(trial)}")
-
-    return Progress()
-
-
 class OneLineTrialErrors(logging.Filter):
     """Tune logs every failed trial attempt with its full traceback; the cell's row already keeps the
     error (and its traceback), so the console gets one line: the trial, the exception type, message."""
@@ -306,6 +282,8 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tup
             out(f"ray dashboard: {handle.dashboard_url}")
         out(f"ray: {'local' if handle.started_local else address} "
             f"({handle.num_cpus:g} CPU, {handle.num_gpus:g} GPU)")
+        tracker: Tracker | None = None
+        live: LiveWriter | None = None
         try:
             stage = run_stage(
                 feature_jobs(plan.todo), str(plan.feature_cache), cluster_gpus=handle.num_gpus,
@@ -320,13 +298,19 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tup
                 data_cache=_data_cache(spec), counter_name=counter_name, workdir=os.getcwd(),
             )
             cells = {c.cell_id: c for c in plan.todo}
+            order = launch_order(plan.todo)
+            tracker = Tracker(cell_infos(plan.todo, order), concurrent_slots(
+                spec.max_concurrent, handle.num_cpus, handle.num_gpus, cpu, gpu))
+            view = None if args.quiet else make_view(sys.stdout, len(cells), args.progress_every)
+            live = LiveWriter(plan.run_dir, resume_command(args, plan), interval=args.progress_every)
+            callback = tune_callback(tracker, view, live, view.write if view is not None else out)
             trainable = tune.with_resources(
                 tune.with_parameters(cell_trainable, cells=cells, ctx=ctx), {"cpu": cpu, "gpu": gpu}
             )
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             tuner = tune.Tuner(
                 trainable,
-                param_space={"cell_id": tune.grid_search(launch_order(plan.todo))},
+                param_space={"cell_id": tune.grid_search(order)},
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=spec.max_concurrent,
                     # one worker process runs cell after cell: no torch import and process start per
@@ -340,7 +324,7 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tup
                     storage_path=str(plan.run_dir / TUNE_DIR),
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                     verbose=0,  # our one-line progress below; Tune's tables are unreadable at scale
-                    callbacks=[progress_callback(len(cells), cells)],
+                    callbacks=[callback],
                 ),
             )
             # Trials cut short by Ctrl-C have no Tune results; the Parquet files say what is missing.
@@ -348,9 +332,17 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tup
             controller_log = logging.getLogger("ray.tune.execution.tune_controller")
             if not any(isinstance(f, OneLineTrialErrors) for f in controller_log.filters):
                 controller_log.addFilter(OneLineTrialErrors())
-            result_grid = tuner.fit()
+            try:
+                result_grid = tuner.fit()
+            finally:
+                final = tracker.snapshot()
+                if view is not None:
+                    view.close(final)
             backfill_failures(plan, result_grid, cells, counter)
+            live.write(final, state="finished", force=True)
         except KeyboardInterrupt:
+            if live is not None and tracker is not None:
+                live.write(tracker.snapshot(), state="interrupted", force=True)
             return True, handle.dashboard_url
     statuses = read_statuses(plan.run_dir, [c.cell_id for c in plan.todo])
     return len(statuses) < len(plan.todo), handle.dashboard_url

@@ -178,7 +178,9 @@ def run_one(cell: Cell, ctx: TrialContext, *, attempt: int, report: Any = None) 
     )
     store.write_cell(row, outcome.scores, outcome.history, outcome.map_examples)
     diags = {f"diag_{k}": v for k, v in outcome.diagnostics.items()}
-    return {**outcome.metrics, **outcome.oracle, **diags}
+    # wall_s and the pool size feed the sweep's cost model (harness.progress)
+    return {**outcome.metrics, **outcome.oracle, **diags, "wall_s": row["wall_s"],
+            "n_train_pool": outcome.n_train_pool}
 
 
 #: TEST ONLY (fault injection): a file path; the first trial to start while it does not exist

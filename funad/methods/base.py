@@ -77,6 +77,11 @@ class Method(ABC):
         """Relative run time of a cell with these settings (the sweep starts the costliest first)."""
         return 1.0
 
+    @classmethod
+    def epochs(cls, settings: MethodSettings) -> int | None:
+        """How many per-epoch reports a fit sends (the sweep shows epoch k/E); None for one pass."""
+        return None
+
     @abstractmethod
     def fit(self, train: FeatureSet, ctx: FitContext) -> None:
         """Fit on the training pool. train.labels may be read for diagnostics only."""

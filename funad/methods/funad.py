@@ -251,6 +251,11 @@ class FunAD(Method):
         assert isinstance(settings, FunADSettings)
         return float(settings.epochs)
 
+    @classmethod
+    def epochs(cls, settings: MethodSettings) -> int | None:
+        assert isinstance(settings, FunADSettings)
+        return int(settings.epochs)
+
     # ---- training -----------------------------------------------------------------------
     def fit(self, train: FeatureSet, ctx: FitContext) -> None:
         """Train Local-Net on the unlabelled pool; train.labels feed diagnostics only."""
