@@ -10,7 +10,6 @@ score -> metrics. The harness's trials call this; so can a notebook:
 
 from __future__ import annotations
 
-import inspect
 import random
 import time
 from collections.abc import Callable
@@ -20,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from funad.data.contamination import contaminate
+from funad.data.contamination import DEFAULTS as SPLIT_DEFAULTS
+from funad.data.contamination import Split, contaminate
+from funad.data.records import DatasetError, ImageRecord
 from rundir import METRIC_KEYS
 
 PICKS = ("best", "median", "worst")
-#: the shortfall policy a cell uses unless it sets one: contaminate()'s own default
-DEFAULT_SHORTFALL: str = inspect.signature(contaminate).parameters["shortfall"].default
 
 
 @dataclass(frozen=True)
@@ -35,8 +34,11 @@ class CellConfig:
     dataset:  {"kind": ..., "root": str | None, **loader options}
     backbone: BackboneConfig fields (None values mean "the backbone's default")
     params:   the method's settings as given; the method fills its defaults
-    ratio / count: anomaly-to-normal ratio, or an absolute number of injected anomalies
+    ratio / count: a contamination ratio (of what: ratio_of), or an absolute number of injected images
+    source, ratio_of, pool_order, shortfall: the split rule (funad.data.contamination)
     min_test_anomalies: None = the contamination module's default
+    split_list / split_list_sha256: a training list (funad.data.splits) instead of a drawn split; the
+        sha256 of its bytes defines the cell (not the path, which differs between machines)
     """
 
     dataset: dict[str, Any]
@@ -47,11 +49,16 @@ class CellConfig:
     ratio: float | None = 0.0
     count: int | None = None
     overlap: bool = False
-    shortfall: str = DEFAULT_SHORTFALL
+    shortfall: str = SPLIT_DEFAULTS["shortfall"]
     seed: int = 0
     eval_every: int = 0
     n_map_examples: int = 2
     min_test_anomalies: int | None = None
+    source: str = SPLIT_DEFAULTS["source"]
+    ratio_of: str = SPLIT_DEFAULTS["ratio_of"]
+    pool_order: str = SPLIT_DEFAULTS["pool_order"]
+    split_list: str | None = None
+    split_list_sha256: str | None = None
 
 
 @dataclass
@@ -75,6 +82,9 @@ class CellOutcome:
     map_examples: list[dict[str, Any]] = field(default_factory=list)
     pixel_level: bool = True
     n_train_pool: int = 0
+    #: where the split came from: "drawn", "dataset:<kind>" (a dataset's own noisy split, e.g. Real-IAD
+    #: FUIAD) or "<list path> sha256:<hex>"
+    split_source: str = "drawn"
 
 
 def seed_everything(seed: int) -> None:
@@ -143,6 +153,40 @@ def pick_examples(scores: np.ndarray, labels: np.ndarray, n: int) -> list[tuple[
     return out
 
 
+def make_split(cfg: CellConfig, records: list[ImageRecord]) -> tuple[Split, str]:
+    """The cell's training pool and test set, and where they came from (see CellOutcome.split_source).
+
+    A training list wins; a dataset that ships its own noisy training set (anomalous training
+    records, e.g. a Real-IAD FUIAD split) is used as it is; otherwise the split is drawn.
+    """
+    from funad.data import splits
+
+    kind = cfg.dataset["kind"]
+    if cfg.split_list is not None:
+        listed = splits.read_split_list(cfg.split_list)
+        if cfg.split_list_sha256 is not None and listed.sha256 != cfg.split_list_sha256:
+            raise DatasetError(f"{cfg.split_list}: the list changed since the sweep was planned "
+                               f"(sha256 {listed.sha256[:12]}..., planned {cfg.split_list_sha256[:12]}...)")
+        split = splits.split_from_list(records, listed, cfg.category, overlap=cfg.overlap,
+                                       pool_order=cfg.pool_order, ratio=cfg.ratio, count=cfg.count)
+        return split, listed.source
+    if any(r.split == "train" and r.label != 0 for r in records):
+        if (cfg.ratio or 0) != 0 or (cfg.count or 0) != 0:
+            raise DatasetError(f"{kind}/{cfg.category}: this split already holds anomalous training "
+                               "images (the dataset's own noisy training set); inject nothing more "
+                               "(allowed: ratio 0 or count 0)")
+        return splits.split_from_records(records, pool_order=cfg.pool_order), f"dataset:{kind}"
+    extra: dict[str, Any] = {}
+    if cfg.min_test_anomalies is not None:
+        extra["min_test_anomalies"] = cfg.min_test_anomalies
+    split = contaminate(
+        records, ratio=cfg.ratio, count=cfg.count, seed=cfg.seed, overlap=cfg.overlap,
+        shortfall=cfg.shortfall, key=f"{kind}/{cfg.category}", source=cfg.source, ratio_of=cfg.ratio_of,
+        pool_order=cfg.pool_order, **extra,
+    )
+    return split, "drawn"
+
+
 def run_cell(
     cfg: CellConfig,
     *,
@@ -152,28 +196,16 @@ def run_cell(
     report: Callable[[dict[str, Any]], None] | None = None,
 ) -> CellOutcome:
     """Run one cell: dataset -> contamination split -> cached features -> fit -> score -> metrics."""
-    from funad import features
+    from funad import features, native
     from funad.methods import FitContext, create_method
     from funad.metrics import auroc, compute_metrics
 
+    native.reset_usage()  # the row's funad_native names what THIS cell's searches used
     device = resolve_device(device)
     seed_everything(cfg.seed)
     dataset = open_dataset(cfg.dataset, data_cache)
-    kind = cfg.dataset["kind"]
     records = dataset.records(cfg.category)
-    extra: dict[str, Any] = {}
-    if cfg.min_test_anomalies is not None:
-        extra["min_test_anomalies"] = cfg.min_test_anomalies
-    split = contaminate(
-        records,
-        ratio=cfg.ratio,
-        count=cfg.count,
-        seed=cfg.seed,
-        overlap=cfg.overlap,
-        shortfall=cfg.shortfall,
-        key=f"{kind}/{cfg.category}",
-        **extra,
-    )
+    split, split_source = make_split(cfg, records)
     pixel_level = bool(dataset.pixel_level)
     bcfg = backbone_config(cfg.backbone)
     cache = Path(feature_cache)
@@ -247,6 +279,7 @@ def run_cell(
         map_examples=examples,
         pixel_level=pixel_level,
         n_train_pool=len(split.train),
+        split_source=split_source,
     )
 
 

@@ -19,8 +19,10 @@ from types import UnionType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from funad.backbones import BackboneConfig
+from funad.data.contamination import DEFAULTS as SPLIT_DEFAULTS
+from funad.data.splits import list_path, read_split_list
 from funad.methods import method_class
-from funad.run import DEFAULT_SHORTFALL, CellConfig, open_dataset
+from funad.run import CellConfig, open_dataset
 
 if TYPE_CHECKING:
     from harness.spec import DatasetSpec, SweepSpec
@@ -30,9 +32,13 @@ if TYPE_CHECKING:
 #: hashed payload, so every cell defined before the field existed keeps its id; any other value
 #: joins the hash. A new defining field gets its entry here.
 HASH_DEFAULTS: dict[str, Any] = {
-    "shortfall": DEFAULT_SHORTFALL,
+    "shortfall": SPLIT_DEFAULTS["shortfall"],
     "min_test_anomalies": None,
     "backbone.border_context": False,
+    "source": SPLIT_DEFAULTS["source"],
+    "ratio_of": SPLIT_DEFAULTS["ratio_of"],
+    "pool_order": SPLIT_DEFAULTS["pool_order"],
+    "split_list_sha256": None,
 }
 
 
@@ -91,8 +97,12 @@ def compute_cell_id(
     count: int | None,
     overlap: bool,
     seed: int,
-    shortfall: str = DEFAULT_SHORTFALL,
+    shortfall: str = SPLIT_DEFAULTS["shortfall"],
     min_test_anomalies: int | None = None,
+    source: str = SPLIT_DEFAULTS["source"],
+    ratio_of: str = SPLIT_DEFAULTS["ratio_of"],
+    pool_order: str = SPLIT_DEFAULTS["pool_order"],
+    split_list_sha256: str | None = None,
 ) -> str:
     """First 16 hex digits of sha256(canonical JSON of the cell's defining values, HASH_DEFAULTS
     fields at their default left out).
@@ -112,6 +122,11 @@ def compute_cell_id(
         "seed": int(seed),
         "shortfall": shortfall,
         "min_test_anomalies": None if min_test_anomalies is None else int(min_test_anomalies),
+        "source": source,
+        "ratio_of": ratio_of,
+        "pool_order": pool_order,
+        # a training list defines the cell by its content, not by its path
+        "split_list_sha256": split_list_sha256,
     }
     text = canonical_json(drop_hash_defaults(payload))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -136,6 +151,10 @@ def config_cell_id(cfg: CellConfig, settings: dict[str, Any]) -> str:
         seed=cfg.seed,
         shortfall=cfg.shortfall,
         min_test_anomalies=cfg.min_test_anomalies,
+        source=cfg.source,
+        ratio_of=cfg.ratio_of,
+        pool_order=cfg.pool_order,
+        split_list_sha256=cfg.split_list_sha256,
     )
 
 
@@ -227,6 +246,7 @@ def expand_cells(spec: SweepSpec, *, data_cache: Path | None = None) -> list[Cel
     backbone = backbone_dict(spec.backbone.model_dump(mode="json"))
     cells: list[Cell] = []
     seen: set[str] = set()
+    sha_of: dict[Path, str] = {}
     for ds in spec.datasets:
         dataset = _dataset_dict(ds)
         for category in open_dataset(dataset, data_cache).resolve_categories(ds.categories):
@@ -234,6 +254,13 @@ def expand_cells(spec: SweepSpec, *, data_cache: Path | None = None) -> list[Cel
                 for params, hp in method_grid(method, dict(settings)):
                     full = filled_settings(method, params)
                     for (ratio, count), overlap, seed in itertools.product(amounts, c.overlaps, spec.seeds):
+                        listed, sha = None, None
+                        if c.lists is not None:
+                            path = list_path(c.lists, dataset=ds.kind, ratio=ratio, count=count, seed=seed)
+                            listed = str(path.resolve())
+                            if path not in sha_of:
+                                sha_of[path] = read_split_list(path).sha256
+                            sha = sha_of[path]
                         cfg = CellConfig(
                             dataset=dataset,
                             category=category,
@@ -248,6 +275,11 @@ def expand_cells(spec: SweepSpec, *, data_cache: Path | None = None) -> list[Cel
                             eval_every=int(spec.eval_every),
                             n_map_examples=int(spec.n_map_examples),
                             min_test_anomalies=c.min_test_anomalies,
+                            source=c.source,
+                            ratio_of=c.ratio_of,
+                            pool_order=c.pool_order,
+                            split_list=listed,
+                            split_list_sha256=sha,
                         )
                         cid = config_cell_id(cfg, full)
                         if cid in seen:  # e.g. two grid points equal once defaults are filled

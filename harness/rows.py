@@ -63,6 +63,10 @@ def cell_fields(cell: Cell) -> dict[str, Any]:
         "backbone_config": to_json(cfg.backbone),
         "requested_count": cfg.count,
         "shortfall": cfg.shortfall,
+        "contamination_source": "list" if cfg.split_list is not None else cfg.source,
+        "ratio_of": cfg.ratio_of,
+        "pool_order": cfg.pool_order,
+        "split_list": cfg.split_list,
         "hp": to_json(cell.hp),
     }
     for k, v in cell.hp.items():
@@ -123,6 +127,9 @@ def build_ok_row(
             "n_test_anomalous": split.n_test_anomalous,
             "injected_ids": [str(i) for i in split.injected_ids],
             "shortfall_applied": split.shortfall_applied,
+            "contamination_source": split.source,  # "dataset" for a dataset's own noisy split
+            "split_source": outcome.split_source,
+            "n_injected_normal": split.n_injected_normal,
             "n_train_pool": outcome.n_train_pool,
             "pixel_level": outcome.pixel_level,
             "status": "ok",

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from funad.data.contamination import Split
+from funad.data.splits import rows_to_csv, split_rows
 from harness.cells import Cell
 from harness.gallery import map_rows
 from harness.rows import finite, history_rows, plan_row
@@ -32,6 +34,7 @@ from rundir import (
     SCORES_DIR,
     SCORES_SCHEMA,
     SPEC_FILE,
+    SPLITS_DIR,
     atomic_write,
     is_temp,
 )
@@ -117,11 +120,14 @@ class RunStore:
         scores: Iterable[Mapping[str, Any]],
         history: Iterable[Mapping[str, Any]] = (),
         maps: Iterable[Mapping[str, Any]] = (),
+        split: Split | None = None,
     ) -> None:
-        """Write one finished cell: scores, history, maps, then results LAST (the completion mark).
+        """Write one finished cell: scores, history, maps, its split list, then results LAST (the
+        completion mark).
 
         scores: {image_id, label, score[, defect_type]}; history: the method's per-epoch dicts;
-        maps: run_cell's map_examples.
+        maps: run_cell's map_examples; split: the cell's contamination split (splits/<cell_id>.csv,
+        one row per image it used, so others can reuse it without our code).
         """
         cell_id = str(row["cell_id"])
         self.ensure_dirs()
@@ -139,6 +145,8 @@ class RunStore:
         hist = self.history_rows(cell_id, str(row["method"]), history)
         write_table_atomic(self.path(HISTORY_DIR, cell_id), hist, self.history_schema)
         write_table_atomic(self.path(MAPS_DIR, cell_id), map_rows(cell_id, maps), MAPS_SCHEMA)
+        if split is not None:
+            atomic_write(self.run_dir / SPLITS_DIR / f"{cell_id}.csv", rows_to_csv(split_rows(split)))
         write_table_atomic(self.path(RESULTS_DIR, cell_id), [row], self.result_schema)
 
     def write_failed(self, row: Mapping[str, Any]) -> bool:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rundir import PROTOCOL_DEFAULTS
+
 REFERENCE_CSV = Path(__file__).with_name("paper_reference.csv")
 REFERENCE_COLUMNS = [
     "dataset",
@@ -32,7 +34,7 @@ REFERENCE_COLUMNS = [
     "note",
 ]
 #: the protocol of a result row (or reference row) that does not name it: today's default split rule
-DEFAULT_PROTOCOL = {"contamination_source": "anomalies", "ratio_of": "normal"}
+DEFAULT_PROTOCOL = {k: PROTOCOL_DEFAULTS[k] for k in ("contamination_source", "ratio_of")}
 _ALIASES = {"mvtecad": "mvtec", "mvtec": "mvtec", "visa": "visa", "fun-ad": "funad", "funad": "funad"}
 
 

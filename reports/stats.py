@@ -34,7 +34,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from reports.load import METRICS, load_scores
-from reports.tables import KEYS, num, variant_label
+from reports.tables import KEYS, num, variant_label, with_protocol
+from rundir import PROTOCOL_DEFAULTS
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -126,7 +127,7 @@ def paired_summary(diffs: np.ndarray, key: tuple[object, ...]) -> dict[str, Any]
 def _cells(ok: pd.DataFrame, metric: str, cell_ci: pd.DataFrame | None) -> pd.DataFrame:
     """One value per cell (mean if a cell appears twice) and, for the CI metric, its scores' half-width."""
     cols = GROUP + VARIANT + CELL
-    df = ok[cols + ["cell_id", metric]].copy()
+    df = with_protocol(ok)[cols + ["cell_id", metric]]
     df[metric] = pd.to_numeric(df[metric], errors="coerce").astype("float64")
     df["hw"] = math.nan
     if metric == CELL_METRIC and cell_ci is not None and len(cell_ci):
@@ -230,6 +231,8 @@ def _fdr(rows: list[dict[str, Any]]) -> None:
 ROBUSTNESS_COLUMNS: list[str] = [
     "dataset",
     "overlap",
+    "contamination_source",
+    "ratio_of",
     "method",
     "config",
     "variant",
@@ -265,8 +268,9 @@ def robustness_table(
         cells = _cells(ok, metric, cell_ci) if len(ok) else pd.DataFrame()
         if cells.empty:
             continue
-        for vkey, g in cells.groupby(["dataset", "overlap", *VARIANT], dropna=False, sort=True):
-            dataset, overlap, method, config = vkey
+        protocol = ["contamination_source", "ratio_of"]
+        for vkey, g in cells.groupby(["dataset", "overlap", *protocol, *VARIANT], dropna=False, sort=True):
+            dataset, overlap, source, ratio_of, method, config = vkey
             clean = g[[_is_clean(r, c) for r, c in zip(g["ratio"], g["count"], strict=True)]]
             base = clean.groupby(CELL, dropna=False)[[metric, "hw"]].mean()
             for (ratio, count), level in g.groupby(["ratio", "count"], dropna=False, sort=True):
@@ -276,6 +280,8 @@ def robustness_table(
                 row: dict[str, Any] = {
                     "dataset": dataset,
                     "overlap": overlap,
+                    "contamination_source": source,
+                    "ratio_of": ratio_of,
                     "method": method,
                     "config": config,
                     "variant": variant_label(method, config, bool(overlap)),
@@ -315,6 +321,8 @@ class RankResult:
     cd: float = math.nan
     cliques: list[tuple[int, int]] = field(default_factory=list)  # index ranges not significantly different
     note: str = ""
+    contamination_source: str = PROTOCOL_DEFAULTS["contamination_source"]
+    ratio_of: str = PROTOCOL_DEFAULTS["ratio_of"]
 
     @property
     def k(self) -> int:
@@ -423,6 +431,8 @@ def rank_table(results: list[RankResult]) -> pd.DataFrame:
                 {
                     "dataset": r.dataset,
                     "overlap": r.overlap,
+                    "contamination_source": r.contamination_source,
+                    "ratio_of": r.ratio_of,
                     "ratio": r.ratio,
                     "count": r.count,
                     "metric": r.metric,

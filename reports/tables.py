@@ -24,8 +24,13 @@ import numpy as np
 import pandas as pd
 
 from reports.load import METRICS, ORACLE, hp_columns
+from rundir import PROTOCOL_DEFAULTS
 
-KEYS: list[str] = ["dataset", "method", "config", "overlap", "ratio", "count"]
+#: a cell group: rows that differ in any of these are never averaged together (the contamination source
+#: and ratio definition included: papers mean different things by "10 % noise", docs/protocol.md)
+KEYS: list[str] = [
+    "dataset", "method", "config", "overlap", "contamination_source", "ratio_of", "ratio", "count",
+]
 ORACLE_LABEL = "oracle (best-on-test epoch)"
 MISSING_COLUMNS: list[str] = ["cell_id", "dataset", "category", "method", "config", "ratio", "seed"]
 
@@ -74,6 +79,15 @@ def prepare(results: pd.DataFrame) -> pd.DataFrame:
     df["config"] = _config_labels(df, swept)
     df["count"] = np.where(df["ratio"].isna(), pd.to_numeric(df["n_injected"], errors="coerce"), np.nan)
     df["overlap"] = df["overlap"].fillna(False).astype(bool)
+    df = with_protocol(df)
+    return df
+
+
+def with_protocol(df: pd.DataFrame) -> pd.DataFrame:
+    """The protocol columns filled in: rows from before they existed meant the default protocol."""
+    df = df.copy()
+    for col, default in PROTOCOL_DEFAULTS.items():
+        df[col] = df[col].fillna(default) if col in df.columns else default
     return df
 
 
@@ -284,7 +298,10 @@ def num(value: Any, digits: int = 2) -> str:
 def _key_text(df: pd.DataFrame) -> pd.DataFrame:
     """Readable key columns: ratio/count, overlap as yes/no; drop constant-empty ones."""
     out = pd.DataFrame(index=df.index)
-    for c in ["dataset", "method", "config", "category", "setting", "value", "overlap", "ratio", "count"]:
+    names = {"contamination_source": "drawn from", "ratio_of": "ratio of"}
+    order = ["dataset", "method", "config", "category", "setting", "value", "overlap",
+             "contamination_source", "ratio_of", "ratio", "count"]
+    for c in order:
         if c not in df.columns:
             continue
         if c == "overlap":
@@ -297,6 +314,8 @@ def _key_text(df: pd.DataFrame) -> pd.DataFrame:
         elif c == "config":
             if df[c].astype(str).str.len().gt(0).any():
                 out[c] = df[c].astype(str)
+        elif c in names:
+            out[names[c]] = df[c].astype(str)
         else:
             out[c] = df[c].astype(str)
     return out

@@ -65,12 +65,23 @@ CELL_FIELDS: list[pa.Field] = [
     pa.field("backbone_config", pa.string()),  # JSON of every backbone field
     pa.field("requested_count", pa.int64()),
     pa.field("shortfall", pa.string()),
+    # the ratio definition (docs/protocol.md): a row of one protocol is never averaged with another's
+    pa.field("contamination_source", pa.string()),  # anomalies | all_test | list | dataset
+    pa.field("ratio_of", pa.string()),  # normal | train
+    pa.field("pool_order", pa.string()),  # sorted | appended
+    pa.field("split_list", pa.string()),  # the training list of the cell, or null (drawn)
 ]
+
+#: what a row from before these columns existed means (today's default protocol)
+PROTOCOL_DEFAULTS: dict[str, str] = {"contamination_source": "anomalies", "ratio_of": "normal",
+                                     "pool_order": "sorted"}
 
 #: beyond docs/contract.md: facts the report and debugging want, always present (nullable)
 EXTRA_RESULT_FIELDS: list[pa.Field] = [
     *CELL_FIELDS,
     pa.field("shortfall_applied", pa.string()),  # null, "cap" or "augment"
+    pa.field("split_source", pa.string()),  # "drawn", "dataset:<kind>" or "<list path> sha256:<hex>"
+    pa.field("n_injected_normal", pa.int64()),  # injected images that are normal (source all_test)
     pa.field("n_train_pool", pa.int64()),
     pa.field("pixel_level", pa.bool_()),
     pa.field("eval_every", pa.int64()),

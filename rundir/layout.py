@@ -18,6 +18,8 @@ HISTORY_DIR = "history"
 MAPS_DIR = "maps"
 #: one Parquet file per cell in each; results/ is written last (the cell's completion mark)
 CELL_DIRS: tuple[str, ...] = (RESULTS_DIR, SCORES_DIR, HISTORY_DIR, MAPS_DIR)
+#: one CSV per finished cell: the images it trained and tested on (funad.data.splits' list form)
+SPLITS_DIR = "splits"
 FEATURES_DIR = "features"
 TUNE_DIR = "tune"
 

@@ -167,7 +167,9 @@ def test_launch_order_longest_first_then_id() -> None:
 
 
 #: a value other than the default for every HASH_DEFAULTS field (a new field needs one here)
-NON_DEFAULT = {"shortfall": "augment", "min_test_anomalies": 3, "backbone.border_context": True}
+NON_DEFAULT = {"shortfall": "augment", "min_test_anomalies": 3, "backbone.border_context": True,
+               "source": "all_test", "ratio_of": "train", "pool_order": "appended",
+               "split_list_sha256": "ab" * 32}
 
 
 def _with(values: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -206,7 +208,8 @@ def test_explicit_defaults_in_the_spec_keep_the_ids(tmp_path: Path, root: Path) 
         spec_file(
             tmp_path, root, name="explicit",
             backbone={"resize": 64, "crop": 64, "border_context": False},
-            contamination={"ratios": [0.0, 0.1], "overlap": [False, True], "shortfall": "cap"},
+            contamination={"ratios": [0.0, 0.1], "overlap": [False, True], "shortfall": "cap",
+                           "source": "anomalies", "ratio_of": "normal", "pool_order": "sorted"},
         )
     )
     changed = load_spec(spec_file(tmp_path, root, name="changed", backbone={"resize": 64, "crop": 64,

@@ -25,6 +25,8 @@ class DatasetKind:
     builtin: bool = False
     #: a given root is where the built-in set is generated, so it need not exist yet
     generates_root: bool = False
+    #: its training sets may hold anomalous images of their own (a published noisy split)
+    noisy_splits: bool = False
 
 
 KINDS: dict[str, DatasetKind] = {
@@ -35,7 +37,7 @@ KINDS: dict[str, DatasetKind] = {
     "visa": DatasetKind("funad.data.visa:VisADataset"),
     "folder": DatasetKind("funad.data.folder:FolderDataset"),
     "oneclass": DatasetKind("funad.data.oneclass:OneClassDataset", needs_root=False, builtin=True),
-    "realiad": DatasetKind("funad.data.realiad:RealIADDataset"),
+    "realiad": DatasetKind("funad.data.realiad:RealIADDataset", noisy_splits=True),  # the FUIAD JSONs
     "mvtec_ad2": DatasetKind("funad.data.mvtec_ad2:MVTecAD2Dataset"),
     "btad": DatasetKind("funad.data.btad:BTADDataset"),
     "mpdd": DatasetKind("funad.data.mpdd:MPDDDataset"),

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from funad.data.records import DatasetError, ImageRecord
+from rundir import PROTOCOL_DEFAULTS
 
 SHORTFALL_POLICIES = ("error", "cap", "augment")
 #: where injected images come from
@@ -32,8 +33,9 @@ RATIO_OF = ("normal", "train")
 #: the order of the training pool
 POOL_ORDERS = ("sorted", "appended")
 #: the defaults of the split policy (one home; the harness imports them)
-DEFAULTS = {"shortfall": "cap", "min_test_anomalies": 10, "source": "anomalies", "ratio_of": "normal",
-            "pool_order": "sorted"}
+DEFAULTS = {"shortfall": "cap", "min_test_anomalies": 10,
+            "source": PROTOCOL_DEFAULTS["contamination_source"], "ratio_of": PROTOCOL_DEFAULTS["ratio_of"],
+            "pool_order": PROTOCOL_DEFAULTS["pool_order"]}
 
 
 @dataclass

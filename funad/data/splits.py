@@ -197,6 +197,32 @@ def split_from_list(
     )
 
 
+def split_from_records(records: list[ImageRecord], *, pool_order: str = "sorted") -> Split:
+    """A dataset's own noisy split (its training records include anomalous images, e.g. Real-IAD's
+    FUIAD JSON): the pool is every training record, the injected images are its anomalous ones, and
+    the test set is the dataset's (overlap does not apply: nothing is drawn from it)."""
+    train = [r for r in records if r.split == "train"]
+    if pool_order == "sorted":
+        train = sorted(train, key=lambda r: r.image_id)
+    test = sorted((r for r in records if r.split == "test"), key=lambda r: r.image_id)
+    injected = [r for r in train if r.label != 0]
+    n_normal = len(train) - len(injected)
+    return Split(
+        train=train,
+        test=test,
+        injected_ids=sorted(r.image_id for r in injected),
+        n_train_normal=n_normal,
+        n_injected=len(injected),
+        n_test_normal=sum(1 for r in test if r.label == 0),
+        n_test_anomalous=sum(1 for r in test if r.label == 1),
+        requested_ratio=None,
+        requested_count=None,
+        achieved_ratio=len(injected) / n_normal if n_normal else float("nan"),
+        shortfall_applied=None,
+        source="dataset",
+    )
+
+
 def split_rows(split: Split) -> list[dict[str, object]]:
     """A cell's split in our list form: one row per image it used (train first, then test)."""
     injected = set(split.injected_ids)

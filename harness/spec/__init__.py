@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from harness.spec.errors import SpecError, pydantic_problems
 from harness.spec.models import DatasetSpec, SweepSpec
 from harness.spec.overrides import apply_override, expand_env
-from harness.spec.world import check_backbone, check_dataset, check_method
+from harness.spec.world import check_backbone, check_contamination, check_dataset, check_method
 from harness.spec.yaml_safe import read_yaml
 
 __all__ = ["DatasetSpec", "SpecError", "SweepSpec", "apply_override", "load_spec"]
@@ -74,6 +74,9 @@ def load_spec(
     if isinstance(raw_methods, dict):
         for name, settings in raw_methods.items():
             problems += check_method(str(name), {} if settings is None else settings, src)
+
+    if spec is not None and check_data and not problems:
+        problems += check_contamination(spec, src)
 
     if problems:
         raise SpecError(list(dict.fromkeys(problems)))

@@ -14,13 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from funad import paths
 from funad.backbones import BackboneConfig
-from funad.data.contamination import SHORTFALL_POLICIES
-from funad.run import DEFAULT_SHORTFALL
+from funad.data.contamination import DEFAULTS as SPLIT_DEFAULTS
+from funad.data.contamination import POOL_ORDERS, RATIO_OF, SHORTFALL_POLICIES, SOURCES
 from rundir import FEATURES_DIR
 
 #: seeds must fit numpy's and torch's seeding (and Parquet's int64)
 MAX_SEED = 2**32 - 1
 Shortfall = Literal[SHORTFALL_POLICIES]  # type: ignore[valid-type]
+Source = Literal[SOURCES]  # type: ignore[valid-type]
+RatioOf = Literal[RATIO_OF]  # type: ignore[valid-type]
+PoolOrder = Literal[POOL_ORDERS]  # type: ignore[valid-type]
 
 
 def no_duplicates(values: list[Any], what: str = "values") -> list[Any]:
@@ -82,14 +85,22 @@ Count = Annotated[int, Field(ge=0)]
 
 
 class ContaminationSpec(_Strict):
-    """Anomaly-to-normal ratios (or absolute counts), overlap and the shortfall policy."""
+    """How each cell's noisy training set is made: ratios (or absolute counts), what a ratio is a share
+    of, where injected images come from, overlap, the shortfall policy, the pool order, or training
+    lists instead of draws (docs/protocol.md, funad.data.contamination and funad.data.splits)."""
 
     ratios: list[Ratio] | None = Field(None, min_length=1)
     counts: list[Count] | None = Field(None, min_length=1)
     overlap: bool | list[bool] = False
-    shortfall: Shortfall = DEFAULT_SHORTFALL
+    shortfall: Shortfall = SPLIT_DEFAULTS["shortfall"]
     #: None = the contamination module's default
     min_test_anomalies: int | None = Field(None, ge=0)
+    ratio_of: RatioOf = SPLIT_DEFAULTS["ratio_of"]
+    source: Source = SPLIT_DEFAULTS["source"]
+    pool_order: PoolOrder = SPLIT_DEFAULTS["pool_order"]
+    #: a path template of training lists, one per (ratio or count, seed), e.g.
+    #: lists/train_mvtec_nr{ratio_pct}_seed_{seed}.csv (fields: dataset, ratio, ratio_pct, count, seed)
+    lists: str | None = None
 
     @field_validator("ratios", "counts")
     @classmethod

@@ -15,10 +15,12 @@ from pydantic import ValidationError
 
 from funad.backbones import WEIGHT_KINDS
 from funad.data import DATASET_KINDS, KINDS, create_dataset
+from funad.data.splits import check_list, list_path, read_split_list
 from funad.methods import available, method_class
+from funad.methods.plugins import PluginError
 from harness.cells import list_valued_settings, method_grid
 from harness.spec.errors import pydantic_problems
-from harness.spec.models import DatasetSpec, no_duplicates
+from harness.spec.models import DatasetSpec, SweepSpec, no_duplicates
 from harness.spec.overrides import has_unset_env
 
 #: at most this many grid points of one method are validated one by one
@@ -112,8 +114,8 @@ def check_method(name: str, settings: Any, src: str) -> list[str]:
     where = f"{src}: methods.{name}"
     try:
         names = available()
-    except ImportError as e:  # a method module that fails to import is itself a problem to show
-        return [f"{where}: cannot load the method registry ({e})"]
+    except PluginError as e:  # an installed method plugin is broken: its message names it
+        return [f"{src}: methods: {e}"]
     if name not in names:
         return [f"{where}: unknown method {name!r} (allowed: {', '.join(names)})"]
     if not isinstance(settings, dict):
@@ -141,3 +143,42 @@ def check_method(name: str, settings: Any, src: str) -> list[str]:
                 if p not in seen:
                     seen.append(p)
     return seen
+
+
+def check_contamination(spec: SweepSpec, src: str) -> list[str]:
+    """Training lists against the datasets (every list of the grid: each problem names the list and
+    its line), and a dataset's own noisy split (anomalous training records, e.g. a Real-IAD FUIAD JSON)
+    asked to take injected images on top."""
+    c = spec.contamination
+    amounts = [(None, n) for n in c.counts] if c.counts is not None else [(r, None) for r in c.ratios or []]
+    out: list[str] = []
+    for i, ds in enumerate(spec.datasets):
+        where = f"{src}: datasets[{i}]"
+        if c.lists is None and not KINDS[ds.kind].noisy_splits:
+            continue  # nothing to check that check_dataset did not
+        options = dict(ds.model_extra or {})
+        try:
+            dataset = create_dataset(ds.kind, root=ds.root, data_cache=spec.data_dir(), **options)
+            categories = dataset.resolve_categories(ds.categories)
+            records = {cat: dataset.records(cat) for cat in categories}
+        except Exception:  # check_dataset reported it
+            continue
+        own = [cat for cat, recs in records.items() if any(r.split == "train" and r.label for r in recs)]
+        if own and c.lists is None and any((r or 0) != 0 or (n or 0) != 0 for r, n in amounts):
+            out.append(f"{where}: categories {', '.join(own)} come with their own noisy training set "
+                       "(anomalous training images); inject nothing more (allowed: ratios [0] or counts [0], "
+                       "or a list)")
+        if c.lists is None:
+            continue
+        for (ratio, count), seed in itertools.product(amounts, spec.seeds):
+            try:
+                path = list_path(c.lists, dataset=ds.kind, ratio=ratio, count=count, seed=seed)
+                listed = read_split_list(path)
+            except Exception as e:  # DatasetError names the list (or the template) and the problem
+                out.append(f"{src}: contamination.lists: {e}")
+                continue
+            problems = check_list(listed, dataset.categories(), records)
+            out += [f"{src}: contamination.lists: {p}" for p in problems]
+            out += [f"{src}: contamination.lists: {listed.path}: lists no training image of category {cat!r}"
+                    for cat in categories if cat not in listed.train]
+    return out
