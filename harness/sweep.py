@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cells import Cell, expand_cells, feature_jobs
+from harness.feasibility import feasibility_lines
 from harness.progress import (
     DEFAULT_INTERVAL_S,
     LiveWriter,
@@ -105,6 +106,10 @@ def print_dry_run(plan: Plan) -> None:
     # reading results/ starts nothing and creates nothing
     ok = sum(1 for st in read_statuses(plan.run_dir, [c.cell_id for c in cells]).values() if st == "ok")
     out(f"already ok there: {ok}; to run: {len(cells) - ok}")
+    c = plan.spec.contamination
+    amounts = [(None, n) for n in c.counts] if c.counts is not None else [(r, None) for r in c.ratios or []]
+    for line in feasibility_lines(cells, amounts, plan.spec.data_dir()):
+        out(line)
     out(f"feature cache: {plan.feature_cache}")
     out(f"feature jobs: {len(jobs)}")
     for j in jobs[:10]:

@@ -151,3 +151,17 @@ def test_exported_splits_reproduce_a_run(tmp_path: Path) -> None:
         sb = pd.read_parquet(run_b / "scores" / f"{b.loc[k, 'cell_id']}.parquet").sort_values("image_id")
         assert list(sa["image_id"]) == list(sb["image_id"])
         assert sa["score"].to_numpy().tobytes() == sb["score"].to_numpy().tobytes(), k
+
+
+def test_dry_run_says_what_each_policy_does_with_a_short_category(tmp_path: Path, capsys) -> None:
+    # wood: 4 normals, 3 test anomalies, min(10, 3 // 2) = 1 stays for testing -> 2 can be spared, so
+    # ratio 0.5 fits (floor(0.5 * 4) = 2) and 0.9 (floor(3.6) = 3) does not; bottle (5 anomalies, 2 stay) fits
+    spec = write_tiny_spec(tmp_path / "s.yaml", _tree(tmp_path), contamination={"ratios": [0.5, 0.9]})
+    assert sweep_main([str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert ("bottle: 4 normal training images, 5 test anomalies -> up to ratio 0.750, every requested amount "
+            "fits") in out
+    assert "wood: 4 normal training images, 3 test anomalies -> up to ratio 0.500\n" in out
+    assert ("ratio 0.9: wants 3, 2 can be spared -> *cap: 2 (achieved ratio 0.500) | augment: 2 + 1 "
+            "perturbed copies | error: the cell fails") in out
+    assert "ratio 0.5: wants" not in out

@@ -212,6 +212,18 @@ def contaminate(
     )
 
 
+def capacity(records: list[ImageRecord], *, overlap: bool = False, source: str = DEFAULTS["source"],
+             min_test_anomalies: int = DEFAULTS["min_test_anomalies"]) -> int:
+    """How many test images a category can give to its training pool without a shortfall (for
+    source "all_test" an upper bound: where a draw stops depends on its order)."""
+    test = [r for r in records if r.split == "test"]
+    pool = [r for r in test if r.label == 1] if source == "anomalies" else test
+    if overlap:
+        return len(pool)
+    per_label = (sum(1 for r in pool if r.label == label) for label in (0, 1))
+    return sum(n - min(min_test_anomalies, n // 2) for n in per_label)
+
+
 def _spare(pool: list[ImageRecord], order: list[int], overlap: bool, min_test: int) -> int:
     """The longest prefix of the draw order that leaves enough of the test set to test on.
 
