@@ -265,11 +265,13 @@ def render(data: RunData, tables_dir: Path | None) -> tuple[str, list[Path]]:
             )
         )
     if have_ok:
+        ok_rows = prepared[prepared["status"] == "ok"]
         train = P.training_plots(data.history, prepared)
+        diag = P.diagnostic_plots(ok_rows, data.history)
         sections.append(
             H.Section("training", "Training dynamics").add(
-                H.figures(train, grid=False)
-                if train
+                H.figures(train + diag, grid=False)
+                if train or diag
                 else '<p class="note">No training history in this run.</p>'
             )
         )

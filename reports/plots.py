@@ -433,6 +433,57 @@ def training_plots(history: pd.DataFrame, cells: pd.DataFrame, max_cells: int = 
     return plots
 
 
+#: end-of-fit diagnostics that measure contamination reaching a method's model (read for reports only)
+INJECTED_SHARE_COLUMNS = ("diag_memory_injected_frac", "diag_bank_injected_frac", "diag_cand_injected_frac",
+                          "diag_removed_injected_frac")
+
+
+def diagnostic_plots(ok: pd.DataFrame, history: pd.DataFrame) -> list[Plot]:
+    """One-pass methods have no epochs: their end-of-fit diagnostics per cell against the injected share of
+    the training pool, one figure per method (for InReaCh: memory size, channels kept, trim share, and the
+    share of the memory that comes from injected images next to the diagonal it would follow by chance)."""
+    plots: list[Plot] = []
+    if ok.empty:
+        return plots
+    # methods with epochs are drawn per epoch by training_plots
+    epochs = pd.to_numeric(history.get("epoch", pd.Series(dtype=float)), errors="coerce")
+    iterative = set(history.loc[epochs > 0, "method"].dropna().astype(str)) if len(history) else set()
+    df = ok[~ok["method"].astype(str).isin(iterative)].copy()
+    pool = pd.to_numeric(df["n_train_pool"], errors="coerce") if "n_train_pool" in df else pd.Series(np.nan)
+    df["_x"] = pd.to_numeric(df["n_injected"], errors="coerce") / pool.where(pool > 0)
+    for method, rows in df.groupby("method", sort=True):
+        cols = [c for c in rows.columns if c.startswith("diag_") and rows[c].notna().any()]
+        if not cols or rows["_x"].isna().all():
+            continue
+        ncols = min(3, len(cols))
+        nrows = (len(cols) + ncols - 1) // ncols
+        titles = [c.removeprefix("diag_") for c in cols]
+        fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles, vertical_spacing=0.18)
+        cats = sorted(rows["category"].dropna().astype(str).unique())
+        shades = sample_colorscale("Viridis", [i / max(1, len(cats) - 1) for i in range(len(cats))])
+        palette = dict(zip(cats, shades, strict=True))
+        for j, col in enumerate(cols):
+            r, c = j // ncols + 1, j % ncols + 1
+            for cat in cats:
+                sub = rows[rows["category"].astype(str) == cat]
+                fig.add_trace(go.Scatter(
+                    x=sub["_x"], y=pd.to_numeric(sub[col], errors="coerce"), mode="markers",
+                    marker=dict(color=palette[cat], size=7), name=esc(cat), legendgroup=esc(cat),
+                    showlegend=j == 0,
+                    hovertemplate=esc(cat) + "<br>injected share %{x:.3f}: %{y:.4g}<extra></extra>",
+                ), row=r, col=c)
+            if col in INJECTED_SHARE_COLUMNS:
+                top = float(np.nanmax(rows["_x"])) if rows["_x"].notna().any() else 0.0
+                chance = go.Scatter(x=[0, top], y=[0, top], mode="lines", name="by chance",
+                                    line=dict(color="#999", dash="dot"), showlegend=j == 0)
+                fig.add_trace(chance, row=r, col=c)
+        title = f"{esc(method)}: end-of-fit diagnostics per cell against the injected share of the pool"
+        fig.update_layout(**{**LAYOUT, "height": 320 * nrows}, title=dict(text=title, font=dict(size=14)))
+        fig.update_xaxes(title_text="injected images / pool")
+        plots.append(Plot(_key("diag", method), "training", title, fig))
+    return plots
+
+
 def _segments(points: list[list[tuple[float, float]]]) -> tuple[list[float | None], list[float | None]]:
     """x/y lists of several polylines for one trace (None breaks the line between them)."""
     xs: list[float | None] = []
