@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -33,6 +33,11 @@ lint: venv
 
 bench: venv
 	$(VENV)/bin/python -m benchmarks.run
+
+# one GPU, <= 5 minutes: every figure of the GPU path as one JSON line (benchmarks/RESULTS.md, "GPU check");
+# a fresh GPU machine: make gpu-check EXTRAS=gpu,dashboard,bundled,dev (faiss's GPU index)
+gpu-check: venv
+	$(VENV)/bin/python -m benchmarks.gpu_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
