@@ -17,6 +17,9 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported on use: `import funad.methods` stays free of it
     import torch
 
+#: images a non-finite-features error names before it counts the rest
+_NAMED = 5
+
 
 class PackRows:
     """Rows `rows` of the array `base` (a read-only memory map), gathered only when read.
@@ -139,6 +142,28 @@ class FeatureSet:
     def channels(self) -> int:
         return int(self.patches.shape[3])
 
+    def check_finite(self, what: str = "features", chunk: int = 64) -> None:
+        """Raise ValueError naming the images whose features hold NaN or inf.
+
+        A broken weights file, or activations beyond float16's range (+-65504) when the cache stores
+        them, would otherwise run through every method and end as NaN scores or metrics of garbage.
+        Reads `chunk` images at a time, so a memory-mapped pool is never copied whole.
+        """
+        bad: list[str] = []
+        for start in range(0, self.n, chunk):
+            stop = min(start + chunk, self.n)
+            ok = np.ones(stop - start, dtype=bool)
+            for part in (self.cls[start:stop], self.patches[start:stop]):
+                ok &= np.isfinite(np.asarray(part)).reshape(stop - start, -1).all(axis=1)
+            bad += [self.image_ids[start + i] for i in np.flatnonzero(~ok)]
+        if bad:
+            shown = ", ".join(bad[:_NAMED]) + (f" and {len(bad) - _NAMED} more" if len(bad) > _NAMED else "")
+            raise ValueError(
+                f"{what}: NaN or inf in the features of {len(bad)} of {self.n} images ({shown}): the "
+                "backbone's weights are broken, or its activations exceed the float16 range (+-65504) the "
+                "cache stores them in; check the weights file, or choose other backbone layers"
+            )
+
     def subset(self, index: np.ndarray | list[int]) -> FeatureSet:
         idx = np.asarray(index, dtype=np.int64)
         return FeatureSet(
@@ -192,3 +217,16 @@ def _read_only_tensor(a: np.ndarray, dev: torch.device) -> torch.Tensor:
 def _rows_of(a: np.ndarray | PackRows, idx: np.ndarray) -> np.ndarray | PackRows:
     """a[idx], staying a shared view (PackRows) where a is one."""
     return PackRows(a.base, a.rows[idx]) if isinstance(a, PackRows) else a[idx]
+
+
+def float32_on(rows: np.ndarray, device: Any) -> Any:
+    """A chunk of fp16 feature rows as a float32 tensor on `device`. On a GPU the fp16 rows travel
+    (from pinned memory, half the bytes) and are upcast there; on the CPU one float32 copy. The values
+    are the same either way: fp16 -> fp32 is exact."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return torch.from_numpy(np.array(rows, dtype=np.float32))
+    host = torch.from_numpy(np.ascontiguousarray(rows))
+    return host.pin_memory().to(dev, non_blocking=True).float()

@@ -102,7 +102,9 @@ def greedy_coreset(
         gen = torch.Generator(device="cpu").manual_seed(int(seed) + _FIRST_POINT_SEED_OFFSET)
         first = int(torch.randint(n, (1,), generator=gen).item())
         sq = (x * x).sum(1)
-        selected = torch.empty(n_select, dtype=torch.int64)
+        # on a GPU the picks stay on the device: no host sync per pick (one per fit, at the end)
+        on_device = x.device.type != "cpu"
+        selected = torch.empty(n_select, dtype=torch.int64, device=x.device)
         selected[0] = first
         # squared distance of every point to its nearest selected point; selected points get -1
         mind = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
@@ -113,7 +115,7 @@ def greedy_coreset(
             mind[cur] = -1.0
             if step == n_select:
                 break
-            cur = int(torch.argmax(mind).item())
+            cur = torch.argmax(mind) if on_device else int(torch.argmax(mind).item())
             selected[step] = cur
     return selected.to(features.device)
 

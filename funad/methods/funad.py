@@ -40,7 +40,7 @@ import torch
 from pydantic import Field, model_validator
 
 from funad import search
-from funad.featureset import FeatureSet, TensorRows
+from funad.featureset import FeatureSet, TensorRows, float32_on
 from funad.maps import grid_to_maps
 from funad.methods import irmb, register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores
@@ -519,9 +519,9 @@ class FunAD(Method):
         with search.matmul_precision("fp32"):
             for s in range(0, n, chunk):
                 e = min(n, s + chunk)
-                cls = torch.from_numpy(np.array(test.cls[s:e], dtype=np.float32)).to(dev)
-                pat = torch.from_numpy(np.array(test.patches[s:e], dtype=np.float32).reshape(e - s, h * w, c))
-                z = net.adapt_split(cls, pat.to(dev))
+                cls = float32_on(test.cls[s:e], dev)
+                pat = float32_on(test.patches[s:e], dev).reshape(e - s, h * w, c)
+                z = net.adapt_split(cls, pat)
                 grid[s:e] = torch.sigmoid(net.head_logits(z)).cpu()
         grid3 = grid.reshape(n, h, w)
         image = grid3.amax(dim=(1, 2)).numpy().astype(np.float32)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from funad.featureset import FeatureSet
+from funad.featureset import FeatureSet, float32_on
 from funad.maps import grid_to_maps
 from funad.methods import register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores
@@ -95,7 +95,7 @@ def embed_patches(
     out = torch.empty(n, h, w, d, dtype=torch.float32, device=device)
     with torch.no_grad():
         for s in range(0, n, chunk_images):
-            raw = torch.from_numpy(np.array(patches[s : s + chunk_images], dtype=np.float32)).to(device)
+            raw = float32_on(patches[s : s + chunk_images], device)
             out[s : s + chunk_images] = pool_channels(aggregate_patches(raw, kernel), embed_dim)
     return out
 
