@@ -74,6 +74,18 @@ def _gpu_resources() -> Any:  # pragma: no cover - needs a GPU
     return faiss.StandardGpuResources()
 
 
+#: the flat search `auto` uses, per device type, from the measurements in benchmarks/RESULTS.md: on the
+#: CPU faiss's flat index beats the torch matmul form at PatchCore's shapes; on CUDA torch stays until
+#: `make gpu-check` has measured faiss-gpu against it. Without faiss installed, `auto` is torch.
+AUTO_BACKEND: dict[str, str] = {"cpu": "faiss", "cuda": "torch"}
+
+
+def auto_backend(device: torch.device) -> str:
+    """The backend `auto` means for tensors on `device`."""
+    choice = AUTO_BACKEND.get(device.type, "torch")
+    return choice if choice != "faiss" or faiss_available() else "torch"
+
+
 def knn(
     query: torch.Tensor,
     bank: torch.Tensor,
@@ -83,16 +95,15 @@ def knn(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """k smallest squared L2 distances from each query row to the bank rows.
 
-    Returns (sqdist [Q, k] float32 ascending, index [Q, k] int64). `auto` picks torch: on these
-    CPUs one fused matmul beats faiss's flat search for the batch-sized query sets of FUN-AD; the
-    benchmark `knn_faiss_vs_torch` keeps that choice honest.
+    Returns (sqdist [Q, k] float32 ascending, index [Q, k] int64). `auto`: see `AUTO_BACKEND`. The two
+    backends give the same neighbours up to exact ties and distances within fp32 rounding.
     """
     if bank.ndim != 2 or query.ndim != 2 or bank.shape[1] != query.shape[1]:
         raise ValueError(f"knn: shapes do not fit: query {tuple(query.shape)}, bank {tuple(bank.shape)}")
     if bank.shape[0] < k:
         raise ValueError(f"knn: bank has {bank.shape[0]} rows, fewer than k={k}")
     if backend == "auto":
-        backend = "torch"
+        backend = auto_backend(query.device)
     if backend == "faiss":
         if not faiss_available():
             raise RuntimeError(
