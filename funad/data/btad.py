@@ -14,7 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from funad.data.mvtec import check_mask_size, check_root, list_images, rel_id, unknown_category
+from funad.data.mvtec import (
+    check_mask_size,
+    list_categories,
+    list_images,
+    rel_id,
+    unknown_category,
+)
 from funad.data.records import Dataset, DatasetError, ImageRecord
 
 #: BTAD's folder names for normal and anomalous images.
@@ -95,16 +101,8 @@ class BTADDataset(Dataset):
         self.pixel_level = True
 
     def categories(self) -> list[str]:
-        check_root(self.root, self.kind)
-        cats = sorted(
-            p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / "train" / OK).is_dir()
-        )
-        if not cats:
-            raise DatasetError(
-                f"{self.root}: no {self.kind} categories found (expected <root>/<product>/train/{OK}/* and "
-                f"<root>/<product>/test/{{{OK},{KO}}}/*)"
-            )
-        return cats
+        expected = f"<root>/<product>/train/{OK}/* and <root>/<product>/test/{{{OK},{KO}}}/*"
+        return list_categories(self.root, self.kind, OK, expected)
 
     def records(self, category: str) -> list[ImageRecord]:
         have = self.categories()

@@ -58,6 +58,18 @@ def check_mask_size(image: Path, mask: Path) -> None:
         raise DatasetError(f"{mask}: mask size {mw}x{mh} does not match its image {image} ({iw}x{ih})")
 
 
+def list_categories(root: Path, kind: str, train_folder: str, expected: str) -> list[str]:
+    """The sub-folders of root that hold train/<train_folder>, sorted; none is an error naming the
+    layout that was `expected`."""
+    check_root(root, kind)
+    cats = sorted(
+        p.name for p in root.iterdir() if not p.name.startswith(".") and (p / "train" / train_folder).is_dir()
+    )
+    if not cats:
+        raise DatasetError(f"{root}: no {kind} categories found (expected {expected})")
+    return cats
+
+
 def rel_id(path: Path, root: Path) -> str:
     """The stable image id: POSIX path relative to the dataset root."""
     return path.relative_to(root).as_posix()
@@ -93,17 +105,7 @@ class MVTecDataset(Dataset):
         return "<root>/<category>/train/good/*, <root>/<category>/test/{good,<defect>}/*"
 
     def categories(self) -> list[str]:
-        check_root(self.root, self.kind)
-        cats = sorted(
-            p.name
-            for p in self.root.iterdir()
-            if not p.name.startswith(".") and (p / "train" / GOOD).is_dir()
-        )
-        if not cats:
-            raise DatasetError(
-                f"{self.root}: no {self.kind} categories found (expected {self.layout_hint()})"
-            )
-        return cats
+        return list_categories(self.root, self.kind, GOOD, self.layout_hint())
 
     def records(self, category: str) -> list[ImageRecord]:
         have = self.categories()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from funad.data.btad import only_folders, pair_masks
-from funad.data.mvtec import GOOD, check_root, list_images, rel_id, unknown_category
+from funad.data.mvtec import GOOD, list_categories, list_images, rel_id, unknown_category
 from funad.data.records import Dataset, DatasetError, ImageRecord
 
 TEST = "test_public"
@@ -44,18 +44,8 @@ class MVTecAD2Dataset(Dataset):
         self.pixel_level = True
 
     def categories(self) -> list[str]:
-        check_root(self.root, self.kind)
-        cats = sorted(
-            p.name
-            for p in self.root.iterdir()
-            if not p.name.startswith(".") and (p / "train" / GOOD).is_dir()
-        )
-        if not cats:
-            raise DatasetError(
-                f"{self.root}: no {self.kind} categories found (expected <root>/<category>/train/{GOOD}/* "
-                f"and <root>/<category>/{TEST}/{{{GOOD},{BAD}}}/*)"
-            )
-        return cats
+        expected = f"<root>/<category>/train/{GOOD}/* and <root>/<category>/{TEST}/{{{GOOD},{BAD}}}/*"
+        return list_categories(self.root, self.kind, GOOD, expected)
 
     def _train(self, cdir: Path, folder: str) -> list[Path]:
         split_dir = cdir / folder
