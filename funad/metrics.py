@@ -2,6 +2,8 @@
 
 Image level: AUROC, AP, F1-max on image scores (good = 0, anomalous = 1).
 Pixel level: AUROC and AP over all pixels of all test images, pooled; AUPRO up to FPR 0.3.
+A metric whose labels hold one class only (no anomalous or no normal test image; no anomalous or no
+normal pixel) is None, never a number; `metric_notes` says why, for the result row's `metric_notes`.
 
 AUPRO (Bergmann et al., IJCV 2021), as implemented here:
 - regions = 8-connected components of each ground-truth mask;
@@ -50,12 +52,21 @@ def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return (y > 0).astype(np.int8), s
 
 
+def _missing_class(y: np.ndarray) -> int | None:
+    """The class (0 normal, 1 anomalous) absent from binary labels, or None when both are present: the
+    one rule for when a metric is undefined (null). No labels at all count as "no anomalous"."""
+    pos = int(np.count_nonzero(y))
+    if pos == 0:
+        return 1
+    return 0 if pos == np.size(y) else None
+
+
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Exact area under the ROC curve; None when only one class is present."""
     y, s = _check(labels, scores)
-    pos = int(y.sum())
-    if pos == 0 or pos == y.size:
+    if _missing_class(y) is not None:
         return None
+    pos = int(y.sum())
     tps, fps, _ = _curve(y, s)
     tpr = np.r_[0.0, tps / pos]
     fpr = np.r_[0.0, fps / (y.size - pos)]
@@ -65,11 +76,10 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 def _precision_recall(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Precision and recall at each distinct threshold (descending); None with a single class."""
     y, s = _check(labels, scores)
-    pos = int(y.sum())
-    if pos == 0 or pos == y.size:
+    if _missing_class(y) is not None:
         return None
     tps, fps, _ = _curve(y, s)
-    return tps / (tps + fps), tps / pos
+    return tps / (tps + fps), tps / int(y.sum())
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -114,10 +124,10 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = AUPRO_FPR_LIMI
         counts = np.bincount(lab.ravel(), minlength=n + 1)
         comps.append((i, lab, counts))
         sizes.append(counts[1:])
+    if _missing_class(masks) is not None:  # no region, or no normal pixel
+        return None
     n_regions = sum(len(c) for c in sizes)
     n_normal = int((~masks).sum())
-    if n_regions == 0 or n_normal == 0:
-        return None
     for i, lab, counts in comps:
         inv = np.zeros(counts.shape, dtype=np.float64)
         inv[1:] = 1.0 / (counts[1:] * n_regions)
@@ -164,6 +174,59 @@ def pixel_metrics(masks: np.ndarray, maps: np.ndarray) -> dict[str, float | None
 
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1max")
+IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
+PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "aupro")
+#: why a metric is null, by level and the class its labels lack (_missing_class)
+_ONE_CLASS_NOTES = {
+    ("image", 1): "the test set has no anomalous image",
+    ("image", 0): "the test set has no normal image",
+    ("pixel", 1): "no test mask has an anomalous pixel",
+    ("pixel", 0): "every test pixel is anomalous",
+}
+#: the notes key of the all-zero-mask remark (not a metric: the pixel metrics are still computed)
+MASKS_NOTE = "masks"
+_NAMED = 3
+
+
+def metric_notes(
+    labels: np.ndarray,
+    masks: np.ndarray | None = None,
+    maps: np.ndarray | None = None,
+    image_ids: list[str] | None = None,
+) -> dict[str, str]:
+    """Why compute_metrics (same arguments) leaves a metric null: metric key -> reason, for exactly the
+    null ones. Plus, under MASKS_NOTE, anomalous test images whose mask is all zero at the evaluated
+    crop (an empty mask file, or a defect outside the center crop): the pixel metrics count them as
+    normal pixels and AUPRO has no region for them, which a reader of the numbers should know."""
+    notes: dict[str, str] = {}
+    y = np.asarray(labels).ravel() > 0
+    missing = _missing_class(y)
+    if missing is not None:
+        notes.update(dict.fromkeys(IMAGE_METRICS, _ONE_CLASS_NOTES[("image", missing)]))
+    if masks is None or maps is None:
+        why = "image-level data: no ground-truth masks" if masks is None else "the method gives no maps"
+        notes.update(dict.fromkeys(PIXEL_METRICS, why))
+        return notes
+    m = np.asarray(masks).astype(bool)
+    missing = _missing_class(m)
+    if missing is not None:
+        notes.update(dict.fromkeys(PIXEL_METRICS, _ONE_CLASS_NOTES[("pixel", missing)]))
+    empty = [i for i in np.flatnonzero(y) if not m[i].any()]
+    if empty and missing is None:
+        ids = [image_ids[i] if image_ids is not None else f"#{i}" for i in empty]
+        shown = ", ".join(ids[:_NAMED]) + (f" and {len(ids) - _NAMED} more" if len(ids) > _NAMED else "")
+        notes[MASKS_NOTE] = (f"{len(empty)} anomalous test image(s) with an all-zero mask at the evaluated "
+                             f"crop ({shown}): their pixels count as normal and AUPRO has no region for them")
+    return notes
+
+
+def format_notes(notes: dict[str, str]) -> str | None:
+    """One line for the `metric_notes` column: keys with the same reason grouped, e.g.
+    "image_auroc, image_ap, image_f1max: the test set has no anomalous image"; None without notes."""
+    grouped: dict[str, list[str]] = {}
+    for key, why in notes.items():
+        grouped.setdefault(why, []).append(key)
+    return "; ".join(f"{', '.join(keys)}: {why}" for why, keys in grouped.items()) or None
 
 
 def compute_metrics(

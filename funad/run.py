@@ -85,6 +85,8 @@ class CellOutcome:
     #: where the split came from: "drawn", "dataset:<kind>" (a dataset's own noisy split, e.g. Real-IAD
     #: FUIAD) or "<list path> sha256:<hex>"
     split_source: str = "drawn"
+    #: why a metric is null (metric key -> reason), and any all-zero masks (funad.metrics.metric_notes)
+    metric_notes: dict[str, str] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -198,7 +200,7 @@ def run_cell(
     """Run one cell: dataset -> contamination split -> cached features -> fit -> score -> metrics."""
     from funad import features, native
     from funad.methods import FitContext, create_method
-    from funad.metrics import auroc, compute_metrics
+    from funad.metrics import auroc, compute_metrics, metric_notes
 
     native.reset_usage()  # the row's funad_native names what THIS cell's searches used
     device = resolve_device(device)
@@ -218,6 +220,8 @@ def run_cell(
     # only), the test labels are the truth.
     masks = features.load_masks(split.test, bcfg) if pixel_level else None
     test.masks = masks
+    for part, what in ((train, "training pool"), (test, "test set")):
+        part.check_finite(what)  # NaN/inf features name their images here, not as NaN scores later
     feature_s = time.perf_counter() - t0
 
     method = create_method(cfg.method, cfg.params)
@@ -248,12 +252,9 @@ def run_cell(
     result = method.score(test, ctx)
     image_scores = np.asarray(result.image, dtype=np.float64)
     maps = None if result.maps is None else np.asarray(result.maps, dtype=np.float32)
-    metrics = compute_metrics(
-        test.labels,
-        image_scores,
-        masks if pixel_level else None,
-        maps if pixel_level else None,
-    )
+    px_masks, px_maps = (masks, maps) if pixel_level else (None, None)
+    metrics = compute_metrics(test.labels, image_scores, px_masks, px_maps)
+    notes = metric_notes(test.labels, px_masks, px_maps, image_ids=test.image_ids)
     eval_s = time.perf_counter() - t0
 
     scores = [
@@ -280,6 +281,7 @@ def run_cell(
         pixel_level=pixel_level,
         n_train_pool=len(split.train),
         split_source=split_source,
+        metric_notes=notes,
     )
 
 

@@ -3,17 +3,38 @@
 Without this stage every trial of a category would run the backbone on the same images (3 methods x
 5 ratios x 3 seeds = 45 times per category); with it, trials only read the shared feature cache.
 Each task returns how many backbone forwards it made, so a rerun can prove it made none.
+
+It is also where every image and mask a trial will read is decoded once (funad.data.images.check_files):
+listing a dataset reads headers only, so a file cut short after its header would otherwise end as a
+`failed` row in every cell of its category. A file that does not decode stops the sweep here, before
+any trial, with exit 2 and one message naming it, like a bad spec. On a warm cache the check still
+decodes every file, without the backbone.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from funad.data.records import DatasetError
 from harness.cells import FeatureJob
+from harness.sweep import EXIT_USAGE
+
+
+class BadInput(SystemExit):
+    """An image or mask of the sweep does not decode: the sweep ends with exit 2 before any trial.
+
+    A SystemExit, so it passes every `except Exception` on its way out, the Ray session still shuts
+    down on the way (harness.raycluster.ray_session), and the driver exits 2 with the one message
+    already on stderr, as for a bad spec.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(EXIT_USAGE)
 
 
 @dataclass
@@ -46,6 +67,7 @@ def extract_category(
     import torch
 
     from funad import features
+    from funad.data.images import check_files
     from funad.run import backbone_config, open_dataset, resolve_device
 
     if workdir and os.path.isdir(workdir):  # relative dataset roots are relative to the driver's cwd
@@ -57,10 +79,14 @@ def extract_category(
     device = resolve_device(None)
     before = features.forward_count()
     bcfg = backbone_config(job.backbone)
+    # The backbone decodes the images it computes; check_files then decodes only the rest (cached
+    # entries) and every mask, so no image is decoded twice.
     features.extract_features(records, bcfg, Path(cache_dir), device=device, progress=False)
+    decoded = check_files(records)
     return {
         "task": job.label,
         "images": len(records),
+        "decoded": decoded,
         "forwards": features.forward_count() - before,
         "seconds": round(time.perf_counter() - t0, 3),
         "node": socket.gethostname(),
@@ -77,11 +103,14 @@ def run_stage(
     cpus_per_task: float = 1.0,
     data_cache: str | None = None,
     log: Callable[[str], None] = print,
+    err: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> StageResult:
     """Submit one Ray task per job (cells.feature_jobs: unique already) and wait for all.
 
-    A failing task (say, one unreadable image) does not stop the sweep: it is logged, and that
-    category's trials extract in-trial and record the error in their own failed rows.
+    An image or mask that does not decode (a DatasetError) stops the sweep: the other tasks are
+    cancelled, one line `error: <job>: <file>: <problem>` goes to stderr and `BadInput` (exit 2) is
+    raised. Any other failing task (a worker killed by the OOM killer, a lost node) does not: it is
+    logged, and that category's trials extract in-trial and record the error in their own failed rows.
 
     A task gets a whole GPU when the trials ask for one or the cluster has any (an autoscaling cluster
     may show none until the first GPU node joins), else CPUs only.
@@ -110,6 +139,10 @@ def run_stage(
                 info = ray.get(done[0])
             except ray.exceptions.RayError as exc:  # task error, worker crash (OOM), node lost
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                if isinstance(cause, DatasetError):
+                    # the message names the file; its first line is the whole problem
+                    err(f"error: {refs[done[0]].label}: {str(cause).strip().splitlines()[0]}")
+                    raise BadInput() from None
                 message = f"{type(cause).__name__}: {cause}".splitlines()[0]
                 result.failures.append((refs[done[0]].label, message))
                 log(f"  features {refs[done[0]].label}: FAILED ({message}); its trials will report it")
@@ -117,7 +150,7 @@ def run_stage(
             result.tasks.append(info)
             log(
                 f"  features {info['task']}: {info['images']} images, {info['forwards']} forwards, "
-                f"{info['seconds']:.1f}s on {info['node']}"
+                f"{info['decoded']} decoded, {info['seconds']:.1f}s on {info['node']}"
             )
     except BaseException:
         for ref in pending:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from funad.metrics import format_notes
 from funad.run import CellOutcome
 from harness import versions
 from harness.cells import Cell, filled_settings
@@ -141,6 +142,7 @@ def build_ok_row(
         }
     )
     row.update({k: finite(v) for k, v in outcome.metrics.items()})
+    row["metric_notes"] = format_notes(outcome.metric_notes)
     row.update({k: finite(v) for k, v in outcome.timings.items()})
     oracle = outcome.oracle
     row["oracle_image_auroc"] = finite(oracle.get("oracle_image_auroc"))

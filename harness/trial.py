@@ -176,31 +176,11 @@ def run_one(cell: Cell, ctx: TrialContext, *, attempt: int, report: Any = None) 
         peak_rss_mb=peak_rss_mb(),
         peak_gpu_mb=peak_gpu_mb(outcome.device),
     )
-    store.write_cell(row, outcome.scores, outcome.history, outcome.map_examples)
+    store.write_cell(row, outcome.scores, outcome.history, outcome.map_examples, split=outcome.split)
     diags = {f"diag_{k}": v for k, v in outcome.diagnostics.items()}
     # wall_s and the pool size feed the sweep's cost model (harness.progress)
     return {**outcome.metrics, **outcome.oracle, **diags, "wall_s": row["wall_s"],
             "n_train_pool": outcome.n_train_pool}
-
-
-#: TEST ONLY (fault injection): a file path; the first trial to start while it does not exist
-#: creates it (writing its cell_id) and SIGKILLs its own worker process, like an OOM kill would.
-TEST_KILL_ONCE_ENV = "FUNAD_TEST_KILL_ONCE"
-
-
-def _test_kill_once(cell_id: str) -> None:
-    marker = os.environ.get(TEST_KILL_ONCE_ENV)
-    if not marker:
-        return
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.write(fd, cell_id.encode())
-    os.close(fd)
-    import signal
-
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def cell_trainable(config: dict[str, Any], cells: dict[str, Cell], ctx: TrialContext) -> None:
@@ -212,7 +192,6 @@ def cell_trainable(config: dict[str, Any], cells: dict[str, Cell], ctx: TrialCon
     enter_workdir(ctx.workdir)
     _set_threads(ctx.cpus)
     attempt = _next_attempt(ctx, cell_id)
-    _test_kill_once(cell_id)
     metrics = run_one(cell, ctx, attempt=attempt, report=tune_reporter())
     tune.report({"done": 1, "attempt": attempt, **_numeric(metrics)})
 

@@ -86,6 +86,9 @@ EXTRA_RESULT_FIELDS: list[pa.Field] = [
     pa.field("pixel_level", pa.bool_()),
     pa.field("eval_every", pa.int64()),
     pa.field("hp", pa.string()),  # JSON of the swept values of this cell
+    # why a metric is null, grouped: "image_auroc, image_ap, image_f1max: the test set has no anomalous
+    # image"; also any all-zero masks (funad.metrics.metric_notes); null when every metric has a value
+    pa.field("metric_notes", pa.string()),
 ]
 
 #: plan.parquet: one row per cell of the spec's grid (hp_* columns follow, typed like the results')

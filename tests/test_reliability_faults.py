@@ -21,7 +21,9 @@ import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from conftest_data import build_mvtec
+from conftest_data import build_mvtec, sweep_env
+from fault_plugin import install
+from fault_plugin.faultmethod import read_events
 from test_sweep_ray import REPO, make_spec, results, sweep
 
 METRICS = ["image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1max"]
@@ -169,35 +171,46 @@ def test_driver_sigkill_then_rerun_with_corrupt_files(tmp_path: Path, drivers: l
 
 
 # ------------------------------------------- 3 + 7 + 9: worker killed, determinism, grown schema
+def plugin_env(site: Path) -> dict[str, str]:
+    """PYTHONPATH for `sweep()`: the test-only method plugin's folder (the repository goes first)."""
+    return {"PYTHONPATH": str(site)}
+
+
 @pytest.mark.slow
 def test_killed_worker_retried_determinism_and_grown_schema(tmp_path: Path) -> None:
+    site = install(tmp_path / "site")
+    markers = tmp_path / "markers"
     root = build_mvtec(tmp_path / "mvtec", {"bottle": {"broken": 2, "scratch": 1}}, n_train=4, n_good=2)
-    methods = {"patchcore": {"coreset_ratio": 0.5}, "funad": {"epochs": 1}}
-    marker = tmp_path / "killed-once"
-    # Run A: 2 trials at a time, and the first trial to start SIGKILLs its own worker.
+    # The plugin's cell SIGKILLs its own worker on its first start (like the OOM killer would).
+    faulty = {"marker_dir": str(markers), "p_kill": 1.0}
+    methods = {"patchcore": {"coreset_ratio": 0.5}, "funad": {"epochs": 1}, "faulty": faulty}
+    # Run A: 2 trials at a time.
     spec_a = make_spec(
         tmp_path, root, name="a", max_concurrent=2, max_failures=1, methods=methods,
         storage=str(tmp_path / "store_a"),
     )
-    res_a = sweep(str(spec_a), env={"FUNAD_TEST_KILL_ONCE": str(marker)})
-    assert marker.is_file(), "the fault was not injected"
-    killed = marker.read_text()
+    res_a = sweep(str(spec_a), env=plugin_env(site))
     assert res_a.returncode == 0, res_a.stdout + res_a.stderr
+    events = read_events(markers)
+    assert [(e["event"], e["start"]) for e in events] == [("start", 1), ("start", 2), ("end", 2)], events
+    assert events[0]["pid"] != events[1]["pid"]  # the retry ran in a new worker process
     df_a = results(tmp_path / "store_a" / "a").set_index("cell_id")
-    assert len(df_a) == 2 and set(df_a.status) == {"ok"}
+    assert len(df_a) == 3 and set(df_a.status) == {"ok"}
+    killed = df_a.index[df_a.method == "faulty"][0]
     assert df_a.loc[killed, "attempt"] == 2  # the killed attempt was counted, then retried
     assert (df_a.drop(index=killed).attempt == 1).all()
 
-    # Run B: same cells, one at a time, separate storage (and so its own feature cache).
+    # Run B: same cells, one at a time, separate storage (and so its own feature cache). The faulty
+    # cell has started before (the marker log), so it does not kill itself again.
     spec_b = make_spec(
         tmp_path, root, name="b", max_concurrent=1, methods=methods, storage=str(tmp_path / "store_b"),
     )
-    res_b = sweep(str(spec_b))
+    res_b = sweep(str(spec_b), env=plugin_env(site))
     assert res_b.returncode == 0, res_b.stdout + res_b.stderr
     run_b = tmp_path / "store_b" / "b"
     df_b = results(run_b).set_index("cell_id")
     assert sorted(df_a.index) == sorted(df_b.index)  # cell ids do not depend on the run
-    diag = [c for c in df_a.columns if c.startswith("diag_")]
+    diag = [c for c in df_a.columns if c.startswith("diag_") and c != "diag_starts"]
     pd.testing.assert_frame_equal(
         df_a.loc[sorted(df_a.index), METRICS + diag], df_b.loc[sorted(df_a.index), METRICS + diag],
         check_exact=True,
@@ -210,13 +223,13 @@ def test_killed_worker_retried_determinism_and_grown_schema(tmp_path: Path) -> N
     # to the new schema first, so one read_parquet of the directory returns every column.
     grown = make_spec(
         tmp_path, root, name="b", max_concurrent=1, storage=str(tmp_path / "store_b"),
-        methods={"patchcore": {"coreset_ratio": [0.5, 1.0]}, "funad": {"epochs": 1}},
+        methods={**methods, "patchcore": {"coreset_ratio": [0.5, 1.0]}},
     )
-    res_g = sweep(str(grown))
+    res_g = sweep(str(grown), env=plugin_env(site))
     assert res_g.returncode == 0, res_g.stdout + res_g.stderr
-    assert "2 already ok, 1 to run" in res_g.stdout and "schema:" in res_g.stdout
+    assert "3 already ok, 1 to run" in res_g.stdout and "schema:" in res_g.stdout
     df = results(run_b)
-    assert len(df) == 3 and set(df.status) == {"ok"} and "hp_coreset_ratio" in df.columns
+    assert len(df) == 4 and set(df.status) == {"ok"} and "hp_coreset_ratio" in df.columns
     assert df.hp_coreset_ratio.dropna().tolist() == [1.0]
     assert set(df.columns) == set(pq.read_schema(next((run_b / "results").glob("*.parquet"))).names)
     hist = pd.read_parquet(run_b / "history")
@@ -225,43 +238,67 @@ def test_killed_worker_retried_determinism_and_grown_schema(tmp_path: Path) -> N
 
 # ---------------------------------------------------------------------------- 4: a node is lost
 @pytest.mark.slow
-def test_worker_node_lost_mid_sweep(tmp_path: Path) -> None:
+def test_worker_node_lost_mid_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node is removed while a cell runs on it (the plugin's event log says where each start
+    ran); that cell must be rescheduled, start again on a surviving node and finish there."""
     from ray.cluster_utils import Cluster
 
+    site = install(tmp_path / "site")
+    # The nodes' workers must find the plugin too (a plugin is installed on every node).
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    markers = tmp_path / "markers"
     root = build_mvtec(tmp_path / "mvtec", n_train=4, n_good=2)
     spec = make_spec(
-        tmp_path, root, seeds=[0, 1], max_failures=2, methods={"patchcore": {"coreset_ratio": 0.5}},
+        tmp_path, root, seeds=[0, 1], max_failures=2,
+        methods={"faulty": {"marker_dir": str(markers), "sleep_s": 4.0}},
     )
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     proc = None
     try:
         worker = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
-               "FUNAD_STORAGE_SHARED": "1"}
-        env.pop("RAY_ADDRESS", None)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.sweep", str(spec), "--address", cluster.address, "-q"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        lines: list[str] = []
-        # Trials have started (2 CPUs in the cluster: one of the two runs on the worker node).
-        assert read_until(proc, lambda ln: "backbone forwards in" in ln, lines), "".join(lines)
-        time.sleep(2)
-        assert proc.poll() is None
+        lost_node = worker.node_id
+        env = sweep_env({"FUNAD_STORAGE_SHARED": "1"}, pythonpath=REPO)
+        with open(tmp_path / "driver.log", "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "harness.sweep", str(spec), "--address", cluster.address, "-q"],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+            )
+        # Wait until a cell is running on the worker node (started there, not finished).
+        t0 = time.monotonic()
+        while not any(e["event"] == "start" and e["node"] == lost_node for e in read_events(markers)):
+            assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
+            assert time.monotonic() - t0 < 300, "no cell started on the worker node"
+            time.sleep(0.1)
+        running = next(e for e in read_events(markers) if e["event"] == "start" and e["node"] == lost_node)
+        removed_at = time.time()
         cluster.remove_node(worker)  # the node dies with whatever runs on it
-        rest, _ = proc.communicate(timeout=500)
-        text = "".join(lines) + rest
-        print(text[-4000:])
-        # Whether a trial was running there depends on timing: say so (a retry line) when it was.
-        print("trial lost with the node and retried:", "retrying" in text)
+        proc.wait(timeout=500)
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
         cluster.shutdown()
-    assert proc.returncode == 0
+    text = (tmp_path / "driver.log").read_text()
+    print(text[-4000:])
+    assert proc.returncode == 0, text[-4000:]
     df = results(tmp_path / "runs" / "t")
     assert len(df) == 4 and df.cell_id.is_unique and set(df.status) == {"ok"}
+    events = read_events(markers)
+    mine = [e for e in events if e["key"] == running["key"]]
+    # The lost start never finished; the cell started again after the loss, on a surviving node,
+    # and that start is the one that finished and wrote the row.
+    assert not [e for e in mine if e["event"] == "end" and e["start"] == running["start"]], mine
+    retry = [e for e in mine if e["event"] == "start" and e["t"] > removed_at]
+    assert len(retry) == 1 and retry[0]["node"] not in ("", lost_node), mine
+    assert [e["start"] for e in mine if e["event"] == "end"] == [retry[0]["start"]], mine
+    category, seed = running["key"].rsplit(":", 1)
+    row = df[(df.category == category) & (df.seed == int(seed))].iloc[0]
+    assert int(row.diag_starts) == retry[0]["start"], row
+    # The driver's attempt counter must have counted the lost attempt (it must not live on the lost node).
+    assert row.attempt == retry[0]["start"], f"attempt {row.attempt} after {retry[0]['start']} starts"
+    assert row.started_at.timestamp() > removed_at
+    # Nothing finished on the lost node after it was gone.
+    assert not [e for e in events if e["event"] == "end" and e["node"] == lost_node and e["t"] > removed_at]
 
 
 # ------------------------------------------------------------------ 9 (unit): schema unification

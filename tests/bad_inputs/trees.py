@@ -4,7 +4,8 @@
 name)` builds the valid 2-category tree (bottle, wood) with conftest_data.build_mvtec and then
 applies the breaker to `wood`. `where` says when the problem can be found:
   "validate": from names and headers alone, so the CLI must refuse the spec (exit 2) before Ray;
-  "load": only by decoding pixels, so the cell must end as a `failed` row with a one-line error.
+  "decode": only by decoding pixels, so the features stage must stop the sweep (exit 2) before any
+  trial, with one message naming the file.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from conftest_data import build_mvtec, write_image, write_mask
+from PIL import Image
 
 Breaker = Callable[[Path], Path]  # returns the path the message must name
 
@@ -90,6 +93,27 @@ def truncated_jpg_body(root: Path) -> Path:
     return _truncate(p, 0.4)
 
 
+def empty_image_file(root: Path) -> Path:
+    p = root / "wood" / "train" / "good" / "002.png"
+    p.write_bytes(b"")
+    return p
+
+
+def sixteen_bit_image(root: Path) -> Path:
+    # A 16-bit grayscale PNG: converting it to 8-bit RGB would clip most of it to white.
+    p = root / "wood" / "train" / "good" / "003.png"
+    Image.fromarray(np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80).save(p)
+    return p
+
+
+def truncated_mask_body(root: Path) -> Path:
+    # Header intact (the size check at listing passes), pixel data cut.
+    p = root / "wood" / "ground_truth" / "hole" / "000_mask.png"
+    # noise compresses badly, so half the file is well past the header
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32), dtype=np.uint8)).save(p)
+    return _truncate(p, 0.5)
+
+
 def empty_root(root: Path) -> Path:
     for child in list(root.iterdir()):
         shutil.rmtree(child)
@@ -108,8 +132,11 @@ TREE_CASES: dict[str, tuple[Breaker, str, tuple[str, ...]]] = {
     "mask_not_an_image": (mask_not_an_image, "validate", ("unreadable",)),
     "anomaly_header_truncated": (anomaly_header_truncated, "validate", ("unreadable",)),
     "empty_root": (empty_root, "validate", ("no mvtec categories",)),
-    "truncated_png_body": (truncated_png_body, "load", ("truncated",)),
-    "truncated_jpg_body": (truncated_jpg_body, "load", ("truncated",)),
+    "truncated_png_body": (truncated_png_body, "decode", ("unreadable or truncated image",)),
+    "truncated_jpg_body": (truncated_jpg_body, "decode", ("unreadable or truncated image",)),
+    "empty_image_file": (empty_image_file, "decode", ("image file is empty (0 bytes)",)),
+    "sixteen_bit_image": (sixteen_bit_image, "decode", ("image mode 'I;16' is not 8 bits per channel",)),
+    "truncated_mask_body": (truncated_mask_body, "decode", ("unreadable or truncated mask",)),
 }
 
 
