@@ -105,10 +105,11 @@ def unify_run_schema(
     elif (run_dir / SPEC_FILE).is_file():  # a run from before the schema file existed
         previous = (yaml.safe_load((run_dir / SPEC_FILE).read_text()) or {}).get("methods") or {}
     merged = merge_methods(previous, methods)
-    if schema_file.is_file() and previous == merged:
-        return merged
+    # every file is compared with the schema even when the methods did not change: a newer version of
+    # the project may have added fixed columns (rows of both versions must still read as one table)
     tables = (run_dir / RESULTS_DIR, run_dir / HISTORY_DIR)
     if any(t.is_dir() and any(t.glob("*.parquet")) for t in tables):
         _rewrite(run_dir, merged, log)
-    atomic_write(schema_file, yaml.safe_dump(merged, sort_keys=True, default_flow_style=False))
+    if not (schema_file.is_file() and previous == merged):
+        atomic_write(schema_file, yaml.safe_dump(merged, sort_keys=True, default_flow_style=False))
     return merged

@@ -64,10 +64,15 @@ class AttemptCounter:
 
 
 def start_counter(name: str, previous: dict[str, int] | None = None) -> Any:
-    """Create the sweep's attempt counter actor (no CPU reserved, dies with the driver)."""
+    """Create the sweep's attempt counter actor on the driver's node (no CPU reserved, dies with the
+    driver): an actor with num_cpus=0 may land on any node, and a lost worker node would take the
+    counts with it."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(AttemptCounter).options(name=name, num_cpus=0).remote(previous)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(AttemptCounter).options(name=name, num_cpus=0, scheduling_strategy=here)
+    return actor.remote(previous)
 
 
 def _next_attempt(ctx: TrialContext, cell_id: str) -> int:

@@ -327,3 +327,25 @@ def test_plan_one_row_per_cell_rewritten_atomically(tmp_path: Path, monkeypatch:
     monkeypatch.undo()
     assert pq.read_table(path).column("cell_id").to_pylist() == ["p1", "p2", "p3"]
     assert [p.name for p in (tmp_path / "run").iterdir() if p.is_file()] == ["plan.parquet"]
+
+
+def test_a_newer_version_s_columns_reach_old_files_without_a_spec_change(tmp_path: Path) -> None:
+    """A rerun with the same methods after an upgrade that added fixed columns: the old result files
+    are rewritten to the current schema, so the run still reads as one table with every column."""
+    from harness.migrate import unify_run_schema
+
+    methods = {"patchcore": {"coreset_ratio": [0.1, 0.5]}}
+    run = tmp_path / "run"
+    unify_run_schema(run, methods)
+    store = RunStore(run, methods=methods)
+    c = make_cell("c1", "patchcore", {"coreset_ratio": 0.1})
+    out = make_outcome("patchcore")
+    store.write_cell(ok_row(store, c), out.scores, out.history, out.map_examples)
+    path = run / "results" / "c1.parquet"
+    old = pq.read_table(path).drop_columns(["metric_notes", "split_source"])  # as an older version wrote it
+    pq.write_table(old, path)
+    logs: list[str] = []
+    unify_run_schema(run, methods, log=logs.append)
+    assert pq.read_schema(path).remove_metadata().equals(result_schema(methods))
+    assert any("rewrote 1" in line for line in logs)
+    assert "split_source" in pd.read_parquet(run / "results").columns
