@@ -258,17 +258,8 @@ def torch_search_ops() -> Iterator[None]:
     """The searches' torch selection/re-rank ops instead of the CPU kernels: the path a GPU runs."""
     from funad import native
 
-    saved = os.environ.get("FUNAD_NATIVE")
-    os.environ["FUNAD_NATIVE"] = "0"
-    native.reset()
-    try:
+    with native.forced(False):
         yield
-    finally:
-        if saved is None:
-            os.environ.pop("FUNAD_NATIVE", None)
-        else:
-            os.environ["FUNAD_NATIVE"] = saved
-        native.reset()
 
 
 # ---- the run -----------------------------------------------------------------------------------

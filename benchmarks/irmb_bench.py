@@ -480,18 +480,13 @@ def search_native_vs_torch(state: State, batch: int, precision: str, repeats: in
     with the compiled kernels (funad.native), same inputs; also whether both give the same
     distances (within fp32 rounding) and pairs (fp32: certified, so equal; bf16: near-ties within
     the key error may resolve differently). None where the kernels are unavailable."""
-    import os
-
     from funad import native
 
     query, member, extra = _search_inputs(state, batch)
-    saved = os.environ.get("FUNAD_NATIVE")
     times: dict[str, float] = {}
     outs: dict[str, tuple[torch.Tensor, ...]] = {}
-    try:
-        for mode in ("torch", "native"):
-            os.environ["FUNAD_NATIVE"] = "1" if mode == "native" else "0"
-            native.reset()
+    for mode in ("torch", "native"):
+        with native.forced(mode == "native"):
             if mode == "native" and native.library() is None:
                 return {"ratio": None, "reason": "native kernels unavailable (no C compiler?)"}
             runs = []
@@ -500,12 +495,6 @@ def search_native_vs_torch(state: State, batch: int, precision: str, repeats: in
                 outs[mode] = search.batch_search(query, member, extra, 2, precision=precision)
                 runs.append(time.perf_counter() - t0)
             times[mode] = statistics.median(runs)
-    finally:
-        if saved is None:
-            os.environ.pop("FUNAD_NATIVE", None)
-        else:
-            os.environ["FUNAD_NATIVE"] = saved
-        native.reset()
     (d_t, u_t, v_t), (d_n, u_n, v_n) = outs["torch"], outs["native"]
     p_t = set(zip(u_t.tolist(), v_t.tolist(), strict=True))
     p_n = set(zip(u_n.tolist(), v_n.tolist(), strict=True))

@@ -19,6 +19,7 @@ Python threads that work on disjoint line ranges.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -28,7 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -160,6 +161,23 @@ def status() -> str | None:
     if not enabled_by_env():
         return "off"
     return "unavailable" if _tried else None
+
+
+@contextlib.contextmanager
+def forced(on: bool) -> Iterator[None]:
+    """Run a block with the kernels on or off (FUNAD_NATIVE), whatever the environment says, then
+    restore it (benchmarks compare both paths on the same inputs)."""
+    saved = os.environ.get("FUNAD_NATIVE")
+    os.environ["FUNAD_NATIVE"] = "1" if on else "0"
+    reset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("FUNAD_NATIVE", None)
+        else:
+            os.environ["FUNAD_NATIVE"] = saved
+        reset()
 
 
 def reset_usage() -> None:
