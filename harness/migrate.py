@@ -38,10 +38,14 @@ def merge_methods(*mappings: Methods | None) -> dict[str, dict[str, Any]]:
                 seen = {to_json(v) for v in cur.get(key, [])}
                 cur.setdefault(key, []).extend(v for v in vals if to_json(v) not in seen)
                 axis[(name, key)] = axis.get((name, key), False) or swept
+    # sorted by method and setting, as schema_methods.yaml stores them: the column order of every file
+    # (hp_*, diag_*) must not depend on the order a spec happened to list its methods in
     out: dict[str, dict[str, Any]] = {}
-    for name, settings in values.items():
+    for name in sorted(values):
+        settings = values[name]
         out[name] = {
-            k: (list(vs) if axis[(name, k)] or len(vs) > 1 else vs[0]) for k, vs in settings.items()
+            k: (list(settings[k]) if axis[(name, k)] or len(settings[k]) > 1 else settings[k][0])
+            for k in sorted(settings)
         }
     return out
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest_data import build_mvtec, sweep_env, write_tiny_spec
+from conftest_data import build_mvtec, sweep_env, write_image, write_mask, write_tiny_spec
 
 from rundir import RESULT_FIELDS
 
@@ -95,29 +95,30 @@ def test_local_sweep_resume_and_growth(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_trial_failure_is_recorded_and_others_finish(tmp_path: Path) -> None:
     root = build_mvtec(tmp_path / "mvtec", n_train=4, n_good=2)
-    # A truncated training image of `wood`: listing passes (header intact), decoding fails in the cell.
-    broken = root / "wood" / "train" / "good" / "001.png"
-    data = broken.read_bytes()
-    broken.write_bytes(data[: len(data) // 2])
+    # 2 injected anomalies with shortfall `error`: bottle (3 anomalies, 1 stays for testing) can spare
+    # them, wood (2 anomalies, 1 stays) cannot, so its cell fails inside the trial (an undecodable
+    # image would stop the whole sweep before any trial: tests/test_reliability_inputs.py).
     # Relative dataset root and storage, resolved against the driver's working directory even
     # though trials and feature tasks run in other processes.
     spec = make_spec(
         tmp_path, root, methods={"patchcore": {"coreset_ratio": 0.5}}, max_failures=1, storage="runs",
         datasets=[{"kind": "mvtec", "root": "mvtec", "categories": "all"}],
+        contamination={"counts": [2], "shortfall": "error"},
     )
     res = sweep(str(spec), cwd=tmp_path)
     assert res.returncode == 1
     df = results(tmp_path / "runs" / "t").set_index("category")
     assert df.loc["bottle", "status"] == "ok"
     assert df.loc["wood", "status"] == "failed"
-    assert "truncated" in df.loc["wood", "error"] and "001.png" in df.loc["wood", "error"]
+    assert "shortfall policy 'error'" in df.loc["wood", "error"] and "mvtec/wood" in df.loc["wood", "error"]
     assert df.loc["wood", "attempt"] == 2  # retried once (max_failures: 1), then recorded as failed
     assert pd.isna(df.loc["wood", "image_auroc"])
     assert "1 ok" in res.stdout and "1 failed" in res.stdout
 
-    # Repaired data: the rerun runs only the failed cell; its ok row replaces the failed one and
-    # the attempt count continues from the earlier invocation.
-    broken.write_bytes(data)
+    # Repaired data (a third wood anomaly): the rerun runs only the failed cell; its ok row replaces
+    # the failed one and the attempt count continues from the earlier invocation.
+    write_image(root / "wood" / "test" / "hole" / "002.png", value=102)
+    write_mask(root / "wood" / "ground_truth" / "hole" / "002_mask.png")
     again = sweep(str(spec), cwd=tmp_path)
     assert again.returncode == 0
     assert "1 already ok, 1 to run" in again.stdout
