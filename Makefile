@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-fast lint bench gpu-check clean
+.PHONY: venv demo test test-long test-fast lint bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -23,7 +23,11 @@ demo: venv
 test: venv
 	bash scripts/ensure_chromium.sh || echo "warning: chromium unavailable; browser test will fail"
 	$(VENV)/bin/ruff check funad harness reports tests benchmarks
-	$(VENV)/bin/python -m pytest -q -ra --durations=15
+	$(VENV)/bin/python -m pytest -q -ra --durations=15 -m "not long"
+
+# the soak test and the sweeps that kill workers, nodes and drivers (~9 minutes here); CI runs it after `make test`
+test-long: venv
+	$(VENV)/bin/python -m pytest -q -ra --durations=10 -m long
 
 test-fast: venv
 	$(VENV)/bin/python -m pytest -q -m "not slow"

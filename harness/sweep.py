@@ -37,7 +37,7 @@ from harness.progress import (
 )
 from harness.raycluster import ClusterError, check_storage, ray_session, resolve_address
 from harness.spec import SpecError, SweepSpec, load_spec
-from rundir import REPORT_FILE, RESULTS_DIR, TUNE_DIR
+from rundir import REPORT_FILE, RESULTS_DIR, TUNE_DIR, remove_leftover_temps
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 N_EXAMPLES = 3
@@ -393,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from harness.store import RunStore
 
     try:
+        if leftovers := remove_leftover_temps(plan.run_dir):
+            out(f"removed {len(leftovers)} temp file(s) that an earlier killed writer left in {plan.run_dir}")
         # A grown spec (new method, new swept setting): existing files get the new columns first,
         # so `pandas.read_parquet(run/"results")` keeps reading every column of every file.
         plan.methods = unify_run_schema(plan.run_dir, spec.resolved()["methods"], log=out)

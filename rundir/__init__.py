@@ -36,6 +36,7 @@ from rundir.layout import (
     TUNE_DIR,
     atomic_write,
     is_temp,
+    remove_leftover_temps,
     temp_prefix,
 )
 
@@ -71,5 +72,6 @@ __all__ = [
     "TUNE_DIR",
     "atomic_write",
     "is_temp",
+    "remove_leftover_temps",
     "temp_prefix",
 ]

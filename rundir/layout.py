@@ -50,6 +50,25 @@ def is_temp(path: str | os.PathLike[str]) -> bool:
     return name.startswith(".") or TEMP_SUFFIX in name
 
 
+def remove_leftover_temps(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temp files that killed writers left in a run directory's own files (its top level,
+    the per-cell folders and splits/; features/ and tune/ have writers of their own).
+
+    Called once when a driver starts: the run's trials belong to its driver and Ray ends them with it,
+    so no writer of these files is alive then. A SIGKILLed driver or worker otherwise leaves its
+    in-flight temp file behind for good (readers skip it; it only costs disk)."""
+    root = Path(run_dir)
+    removed: list[Path] = []
+    for folder in (root, *(root / d for d in (*CELL_DIRS, SPLITS_DIR))):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.is_file() and p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
 def atomic_write(path: str | os.PathLike[str], data: str | bytes | Callable[[Path], None]) -> Path:
     """Write `data` (text, bytes, or a function that writes a given temp path) to a temp file next to
     `path`, then rename it onto `path`. On any error the temp file is removed and `path` is untouched."""

@@ -136,9 +136,15 @@ def test_driver_sigkill_then_rerun_with_corrupt_files(tmp_path: Path, drivers: l
     category = pq.read_table(victim_path).column("category").to_pylist()[0]
     victim_path.write_bytes(victim_path.read_bytes()[:100])
     del finished[victim]
-    # (b) stray temp files of an interrupted atomic write: readers must ignore them;
-    (run_dir / "results" / f".{victim}.abc123.tmp").write_bytes(b"PAR1 half a file")
-    (run_dir / "scores" / ".x.parquet.tmp").write_bytes(b"")
+    # (b) stray temp files of an interrupted atomic write: readers must ignore them, and the next
+    #     driver removes them (no writer of them is alive when a driver starts);
+    strays = [
+        run_dir / "results" / f".{victim}.abc123.tmp",
+        run_dir / "scores" / ".x.parquet.tmp",
+        run_dir / ".live.json.k1ll3d.tmp",
+    ]
+    for stray in strays:
+        stray.write_bytes(b"PAR1 half a file")
     # (c) a corrupt feature-cache entry of the victim's category (same size, flipped bytes), with
     #     every pack broken too so the entries are read: it must be detected and recomputed.
     bdir = next((run_dir / "features").glob("*/entries")).parent
@@ -157,6 +163,9 @@ def test_driver_sigkill_then_rerun_with_corrupt_files(tmp_path: Path, drivers: l
     assert res.returncode == 0, res.stdout + res.stderr
     m = re.search(r"sweep t: 4 cells, (\d+) already ok, (\d+) to run", res.stdout)
     assert m and int(m.group(1)) == len(finished), res.stdout
+    assert not any(p.exists() for p in strays), res.stdout
+    # (3, or more where the kill itself interrupted a write)
+    assert (n := re.search(r"removed (\d+) temp file", res.stdout)) and int(n.group(1)) >= 3, res.stdout
     assert re.search(r"features: [1-9]\d* backbone forwards", res.stdout), res.stdout
     df = results(run_dir)
     assert len(df) == 4 and df.cell_id.is_unique and set(df.status) == {"ok"}
@@ -177,6 +186,7 @@ def plugin_env(site: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_killed_worker_retried_determinism_and_grown_schema(tmp_path: Path) -> None:
     site = install(tmp_path / "site")
     markers = tmp_path / "markers"
@@ -238,6 +248,7 @@ def test_killed_worker_retried_determinism_and_grown_schema(tmp_path: Path) -> N
 
 # ---------------------------------------------------------------------------- 4: a node is lost
 @pytest.mark.slow
+@pytest.mark.long
 def test_worker_node_lost_mid_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The node is removed while a cell runs on it (the plugin's event log says where each start
     ran); that cell must be rescheduled, start again on a surviving node and finish there."""

@@ -78,6 +78,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_soak_faults_driver_kills_and_a_truncated_result(tmp_path: Path) -> None:
     t_all = time.monotonic()
     site = install(tmp_path / "site")

@@ -39,6 +39,7 @@ def test_not_a_run_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_status_while_killed_after_resume_and_with_failed_missing_and_foreign_cells(
     tmp_path: Path, drivers: list[int]  # noqa: F811
 ) -> None:
