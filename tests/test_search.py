@@ -282,3 +282,25 @@ def test_certified_search_is_exact_where_the_candidates_are_not_enough() -> None
     nn_ = pz.argmin(1)
     want = {(a, int(nn_[a])) for a in range(z.shape[0]) if int(nn_[nn_[a]]) == a and a < int(nn_[a])}
     assert set(zip(u.tolist(), v.tolist(), strict=True)) == want
+
+
+@pytest.mark.parametrize("chunk", [7, 64])
+def test_query_index_excludes_exactly_the_own_column(chunk: int) -> None:
+    """Row i never matches bank row query_index[i] (< 0: no exclusion), against float64 brute force."""
+    rng = np.random.default_rng(3)
+    bank = rng.normal(size=(40, 16)).astype(np.float32)
+    own = rng.integers(-1, 40, size=25)
+    own[:5] = -1
+    # half the queries ARE their own bank row, so the excluded column is their exact match
+    query = np.where((np.arange(25) % 2 == 0)[:, None] & (own >= 0)[:, None], bank[np.maximum(own, 0)],
+                     rng.normal(size=(25, 16)).astype(np.float32))
+    k = 3
+    dist, idx = search.nearest(torch.from_numpy(query), torch.from_numpy(bank), k, chunk=chunk,
+                               query_index=torch.from_numpy(own))
+    for i in range(25):
+        d = np.array([sqdist64(query[i], b) for b in bank])
+        if own[i] >= 0:
+            d[own[i]] = np.inf
+        want = np.argsort(d, kind="stable")[:k]
+        assert idx[i].tolist() == want.tolist(), i
+        np.testing.assert_allclose(dist[i].numpy(), d[want], rtol=1e-5, atol=1e-5)

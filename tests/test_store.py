@@ -360,7 +360,8 @@ def test_leftover_temps_of_killed_writers_are_removed(tmp_path: Path) -> None:
     left = [run / ".live.json.k1ll3d.tmp", run / "results" / ".a.parquet.x1.tmp",
             run / "scores" / ".a.parquet.x2.tmp", run / "splits" / ".a.csv.x3.tmp"]
     # features/ and tune/ have writers of their own (another run's extraction, Ray Tune): untouched
-    foreign = [run / "features" / ".pack.npy.x4.tmp", run / "tune" / ".state.x5.tmp", run / "results" / ".keep"]
+    foreign = [run / "features" / ".pack.npy.x4.tmp", run / "tune" / ".state.x5.tmp",
+               run / "results" / ".keep"]
     for p in left + foreign:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"half")

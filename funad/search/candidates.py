@@ -21,9 +21,15 @@ Chunk = tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
 def _mask_own_column(d: torch.Tensor, own: torch.Tensor) -> None:
-    """Set d[r, own[r]] = +inf for the rows with own[r] >= 0 (a row never matches itself)."""
-    rows = torch.nonzero(own >= 0, as_tuple=True)[0]
-    d[rows, own[rows]] = float("inf")
+    """Set d[r, own[r]] = +inf for the rows with own[r] >= 0 (a row never matches itself).
+
+    A scatter over every row (rows without an own column write their column 0 back) instead of
+    selecting the rows first: no data-dependent shape, so no host sync per chunk on a GPU."""
+    if d.shape[1] == 0:
+        return
+    col = own.clamp(min=0).unsqueeze(1)
+    keep = d.gather(1, col)
+    d.scatter_(1, col, torch.where((own >= 0).unsqueeze(1), torch.full_like(keep, float("inf")), keep))
 
 
 def torch_stream(
