@@ -158,3 +158,17 @@ def write_tiny_spec(path: Path, root: Path, **changes: object) -> Path:
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def raises_dataset_error(fn, *names: object) -> str:  # type: ignore[no-untyped-def]
+    """Call fn, expect DatasetError, check every name (path or word) is in the message."""
+    import pytest
+
+    from funad.data import DatasetError
+
+    with pytest.raises(DatasetError) as info:
+        fn()
+    msg = str(info.value)
+    for n in names:
+        assert str(n) in msg, f"{n!s} not in {msg!r}"
+    return msg

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from conftest_data import (
     build_classes,
     build_folder,
@@ -15,23 +14,14 @@ from conftest_data import (
     write_image,
     write_mask,
 )
+from conftest_data import raises_dataset_error as _raises
 
-from funad.data import DatasetError, create_dataset
+from funad.data import create_dataset
 from funad.data.folder import FolderDataset
 from funad.data.images import load_rgb
 from funad.data.mvtec import MVTecDataset
 from funad.data.oneclass import OneClassDataset
 from funad.data.visa import VisADataset
-
-
-def _raises(fn, *names: object) -> str:  # type: ignore[no-untyped-def]
-    """Call fn, expect DatasetError, check every name (path or word) is in the message."""
-    with pytest.raises(DatasetError) as info:
-        fn()
-    msg = str(info.value)
-    for n in names:
-        assert str(n) in msg, f"{n!s} not in {msg!r}"
-    return msg
 
 
 def test_factory_errors(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 from conftest_data import mask_truth, write_image, write_mask
+from conftest_data import raises_dataset_error as _raises
 from fixtures_datasets import (
     AD2_BAD,
     AD2_GOOD,
@@ -24,7 +24,7 @@ from fixtures_datasets import (
 )
 from PIL import Image
 
-from funad.data import DATASET_KINDS, DatasetError, ImageRecord, create_dataset
+from funad.data import DATASET_KINDS, ImageRecord, create_dataset
 from funad.data.btad import BTADDataset
 from funad.data.images import load_mask, load_rgb
 from funad.data.mpdd import MPDDDataset
@@ -37,16 +37,6 @@ NEW_KINDS = {
     "btad": BTADDataset,
     "mpdd": MPDDDataset,
 }
-
-
-def _raises(fn, *names: object) -> str:  # type: ignore[no-untyped-def]
-    """Call fn, expect DatasetError, check every name (path or word) is in the message."""
-    with pytest.raises(DatasetError) as info:
-        fn()
-    msg = str(info.value)
-    for n in names:
-        assert str(n) in msg, f"{n!s} not in {msg!r}"
-    return msg
 
 
 def _ids(recs: list[ImageRecord], **where: object) -> list[str]:
