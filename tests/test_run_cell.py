@@ -101,3 +101,22 @@ def test_funad_cell_with_oracle_evaluation(tree: Path, cache: Path) -> None:
     assert 0.0 <= out.oracle["oracle_image_auroc"] <= 1.0 and out.oracle["oracle_epoch"] in (1.0, 2.0)
     assert out.map_examples == [] and out.split.n_injected == 0
     assert all(0.0 <= out.metrics[k] <= 1.0 for k in METRIC_KEYS)
+
+
+def test_a_cell_reports_only_its_own_use_of_the_native_kernels(
+    tree: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reused worker: an earlier cell's kernel use must not reach this cell's `funad_native`."""
+    import torch
+
+    from funad import native
+
+    monkeypatch.setenv("FUNAD_NATIVE", "0")
+    native.reset()
+    native.usable(torch.zeros(2, 2))  # the earlier cell asked for the kernels
+    assert native.status() == "off"
+    cfg = CellConfig(dataset={"kind": "mvtec", "root": str(tree)}, category="bottle", backbone=BACKBONE,
+                     method="patchcore", params={"coreset_ratio": 0.5, "knn_backend": "faiss"}, seed=0)
+    run_cell(cfg, feature_cache=cache, device="cpu")
+    assert native.status() is None  # this cell's searches (faiss) never asked
+    native.reset()
