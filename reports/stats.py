@@ -125,7 +125,10 @@ def paired_summary(diffs: np.ndarray, key: tuple[object, ...]) -> dict[str, Any]
 
 
 def _cells(ok: pd.DataFrame, metric: str, cell_ci: pd.DataFrame | None) -> pd.DataFrame:
-    """One value per cell (mean if a cell appears twice) and, for the CI metric, its scores' half-width."""
+    """One value per cell (mean if a cell appears twice) and, for the CI metric, its scores' half-width;
+    empty when the run has no ok rows."""
+    if not len(ok):
+        return pd.DataFrame()
     cols = GROUP + VARIANT + CELL
     df = with_protocol(ok)[cols + ["cell_id", metric]]
     df[metric] = pd.to_numeric(df[metric], errors="coerce").astype("float64")
@@ -179,7 +182,7 @@ def pairwise_table(
     """Every pair of variants per dataset × overlap × ratio × metric: difference a − b over matched cells."""
     rows: list[dict[str, Any]] = []
     for metric in metrics:
-        cells = _cells(ok, metric, cell_ci) if len(ok) else pd.DataFrame()
+        cells = _cells(ok, metric, cell_ci)
         if cells.empty:
             continue
         for gkey, g in cells.groupby(GROUP, dropna=False, sort=True):
@@ -265,7 +268,7 @@ def robustness_table(
     """Each variant's change of each metric from ratio 0 to every other ratio, over matched cells."""
     rows: list[dict[str, Any]] = []
     for metric in metrics:
-        cells = _cells(ok, metric, cell_ci) if len(ok) else pd.DataFrame()
+        cells = _cells(ok, metric, cell_ci)
         if cells.empty:
             continue
         protocol = ["contamination_source", "ratio_of"]
@@ -395,7 +398,7 @@ def rank_results(ok: pd.DataFrame, metrics: tuple[str, ...] = CD_METRICS) -> lis
     """One :class:`RankResult` per dataset × overlap × ratio × metric (mean over seeds per category first)."""
     out: list[RankResult] = []
     for metric in metrics:
-        cells = _cells(ok, metric, None) if len(ok) else pd.DataFrame()
+        cells = _cells(ok, metric, None)
         if cells.empty:
             continue
         for gkey, g in cells.groupby(GROUP, dropna=False, sort=True):
