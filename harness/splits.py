@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from funad.data.splits import MEDS_COLUMNS, rows_to_csv
-from rundir import PROTOCOL_DEFAULTS, RESULTS_DIR, SPLITS_DIR, atomic_write, is_temp
+from rundir import PROTOCOL_DEFAULTS, RESULTS_DIR, SPLITS_DIR, atomic_write, finished_files
 
 EXIT_OK, EXIT_USAGE = 0, 2
 _KEY_COLUMNS = ["cell_id", "status", "dataset", "category", "ratio", "requested_count", "seed",
@@ -43,9 +43,7 @@ def list_name(row: dict[str, Any]) -> str:
 
 def _ok_rows(run: Path) -> list[dict[str, Any]]:
     rows = []
-    for path in sorted((run / RESULTS_DIR).glob("*.parquet")):
-        if is_temp(path):
-            continue
+    for path in finished_files(run / RESULTS_DIR):
         table = pq.read_table(path)
         cols = [c for c in _KEY_COLUMNS if c in table.column_names]
         rows += [r for r in table.select(cols).to_pylist() if r.get("status") == "ok"]

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from harness.progress import fmt_duration, live_is_current, read_live
-from rundir import PLAN_FILE, REPORT_FILE, RESULTS_DIR, SPEC_FILE, is_temp
+from rundir import PLAN_FILE, REPORT_FILE, RESULTS_DIR, SPEC_FILE, readable_rows
 
 EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_NOT_A_RUN = 0, 1, 2
 STATUSES = ("ok", "failed", "running", "not started")
@@ -37,21 +37,11 @@ def _first_line(text: Any) -> str:
 
 def read_results(run_dir: Path) -> dict[str, dict[str, Any]]:
     """cell_id -> {status, error} of every readable result file (torn files count as not finished)."""
-    out: dict[str, dict[str, Any]] = {}
-    folder = run_dir / RESULTS_DIR
-    if not folder.is_dir():
-        return out
-    for path in sorted(folder.glob("*.parquet")):
-        if is_temp(path):
-            continue
-        try:
-            rows = pq.read_table(path, columns=["cell_id", "status", "error"]).to_pylist()
-        except Exception:  # a torn or foreign file: the sweep reruns that cell
-            continue
-        for row in rows:
-            if row.get("cell_id"):
-                out[row["cell_id"]] = {"status": row.get("status"), "error": row.get("error")}
-    return out
+    return {
+        row["cell_id"]: {"status": row["status"], "error": row["error"]}
+        for row in readable_rows(run_dir / RESULTS_DIR, ["cell_id", "status", "error"])
+        if row["cell_id"]
+    }
 
 
 def _sweep_state(live: dict[str, Any] | None, alive: bool) -> str:

@@ -36,7 +36,8 @@ from rundir import (
     SPEC_FILE,
     SPLITS_DIR,
     atomic_write,
-    is_temp,
+    finished_files,
+    readable_rows,
 )
 
 
@@ -159,11 +160,6 @@ class RunStore:
         return True
 
     # reads -----------------------------------------------------------------------------------
-    def _result_files(self) -> list[Path]:
-        folder = self.run_dir / RESULTS_DIR
-        if not folder.is_dir():
-            return []
-        return sorted(p for p in folder.glob("*.parquet") if not is_temp(p))
 
     def status(self, cell_id: str) -> str | None:
         """`ok`, `failed`, or None when the cell has no readable result."""
@@ -178,16 +174,8 @@ class RunStore:
 
     def statuses(self) -> dict[str, str]:
         """cell_id -> status over all readable result files (unreadable ones are skipped)."""
-        out: dict[str, str] = {}
-        for p in self._result_files():
-            try:
-                t = pq.read_table(p, columns=["cell_id", "status"])
-            except Exception:
-                continue
-            for cid, st in zip(t.column("cell_id").to_pylist(), t.column("status").to_pylist(), strict=True):
-                if cid is not None:
-                    out[cid] = st
-        return out
+        rows = readable_rows(self.run_dir / RESULTS_DIR, ["cell_id", "status"])
+        return {r["cell_id"]: r["status"] for r in rows if r["cell_id"] is not None}
 
     def ok_cell_ids(self) -> set[str]:
         """Ids of cells whose result says ok: the resume index."""
@@ -197,7 +185,7 @@ class RunStore:
         """All result rows as a pandas DataFrame (empty frame with the schema's columns if none)."""
         import pandas as pd
 
-        if not self._result_files():
+        if not finished_files(self.run_dir / RESULTS_DIR):
             if self._methods is None and not (self.run_dir / SPEC_FILE).is_file():
                 return pd.DataFrame()
             return self.result_schema.empty_table().to_pandas()

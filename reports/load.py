@@ -30,7 +30,7 @@ from rundir import (
     RESULTS_DIR,
     SCORES_DIR,
     SPEC_FILE,
-    is_temp,
+    finished_files,
 )
 
 METRICS: tuple[str, ...] = METRIC_KEYS
@@ -87,17 +87,10 @@ class RunData:
         return str(runs[0]) if len(runs) else self.run_dir.name
 
 
-def _parquet_files(folder: Path) -> list[Path]:
-    """Finished Parquet files of a folder; temp files of in-flight atomic writes are not results."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".parquet" and not is_temp(p))
-
-
 def _read_tables(folder: Path, problems: list[str], columns: list[str] | None = None) -> pd.DataFrame:
     """Read files one by one (not as a dataset) so one bad file or schema drift cannot sink the rest."""
     frames: list[pd.DataFrame] = []
-    for path in _parquet_files(folder):
+    for path in finished_files(folder):
         try:
             table = pq.read_table(path)
             if columns is not None:

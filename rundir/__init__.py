@@ -35,7 +35,9 @@ from rundir.layout import (
     TEMP_SUFFIX,
     TUNE_DIR,
     atomic_write,
+    finished_files,
     is_temp,
+    readable_rows,
     remove_leftover_temps,
     temp_prefix,
 )
@@ -71,7 +73,9 @@ __all__ = [
     "TEMP_SUFFIX",
     "TUNE_DIR",
     "atomic_write",
+    "finished_files",
     "is_temp",
+    "readable_rows",
     "remove_leftover_temps",
     "temp_prefix",
 ]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 RESULTS_DIR = "results"
 SCORES_DIR = "scores"
@@ -48,6 +49,28 @@ def is_temp(path: str | os.PathLike[str]) -> bool:
     """Whether a file is an in-flight (or abandoned) write rather than a finished file."""
     name = Path(path).name
     return name.startswith(".") or TEMP_SUFFIX in name
+
+
+def finished_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """A per-cell folder's whole Parquet files, sorted (temp files of in-flight or killed writes are not
+    files of the run); none when the folder does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".parquet" and not is_temp(p))
+
+
+def readable_rows(folder: str | os.PathLike[str], columns: list[str]) -> Iterator[dict[str, Any]]:
+    """`columns` of every row of a folder's finished files; a torn or foreign file (unreadable, or
+    without those columns) is skipped: for resume and status, its cell has not finished."""
+    import pyarrow.parquet as pq
+
+    for path in finished_files(folder):
+        try:
+            rows = pq.read_table(path, columns=columns).to_pylist()
+        except Exception:  # noqa: BLE001 - any damage means "not finished", never a crash
+            continue
+        yield from rows
 
 
 def remove_leftover_temps(run_dir: str | os.PathLike[str]) -> list[Path]:

@@ -368,3 +368,20 @@ def test_leftover_temps_of_killed_writers_are_removed(tmp_path: Path) -> None:
     assert sorted(remove_leftover_temps(run)) == sorted(left)
     assert not any(p.exists() for p in left) and all(p.exists() for p in kept + foreign)
     assert remove_leftover_temps(tmp_path / "no-run") == []
+
+
+def test_finished_files_and_readable_rows_skip_temps_and_torn_files(tmp_path: Path) -> None:
+    from rundir import finished_files, readable_rows
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    whole = folder / "a.parquet"
+    pq.write_table(pa.table({"cell_id": ["a"], "status": ["ok"]}), whole)
+    torn = folder / "b.parquet"
+    torn.write_bytes(whole.read_bytes()[:40])
+    (folder / ".c.parquet.x1.tmp").write_bytes(whole.read_bytes())
+    (folder / "d.parquet").mkdir()
+    pq.write_table(pa.table({"cell_id": ["e"]}), folder / "e.parquet")  # foreign: no status column
+    assert finished_files(folder) == [whole, torn, folder / "e.parquet"]
+    assert list(readable_rows(folder, ["cell_id", "status"])) == [{"cell_id": "a", "status": "ok"}]
+    assert finished_files(tmp_path / "missing") == [] and list(readable_rows(tmp_path / "missing", [])) == []
