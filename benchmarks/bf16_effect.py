@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"epochs": args.epochs, "ratio": args.ratio, "cells": []}
     for cat in args.categories:
         for name, params in VARIANTS.items():
-            cfg = CellConfig(
+            cfg = CellConfig.build(
                 dataset={"kind": "synthetic", "root": str(root)},
                 category=cat,
                 backbone={"name": "tf_efficientnet_lite0", "weights": "bundled", "border_context": True},
                 method="funad",
-                params={"epochs": args.epochs, **params},
-                ratio=args.ratio,
+                settings={"epochs": args.epochs, **params},
+                split={"ratio": args.ratio},
                 seed=0,
             )
             t0 = time.perf_counter()

@@ -2,9 +2,10 @@
 score -> metrics. The harness's trials call this; so can a notebook:
 
     from funad.run import CellConfig, run_cell
-    out = run_cell(CellConfig(dataset={"kind": "synthetic"}, category="brick",
-                              backbone={"name": "tf_efficientnet_lite0", "weights": "bundled"},
-                              method="patchcore", params={}), feature_cache=Path("/tmp/feats"))
+    cfg = CellConfig.build(dataset={"kind": "synthetic"}, category="brick",
+                           backbone={"name": "tf_efficientnet_lite0", "weights": "bundled"},
+                           method="patchcore", split={"ratio": 0.1})
+    out = run_cell(cfg, feature_cache=Path("/tmp/feats"))
     out.metrics["image_auroc"]
 """
 
@@ -19,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from funad.data.contamination import DEFAULTS as SPLIT_DEFAULTS
-from funad.data.contamination import Split, contaminate
-from funad.data.records import DatasetError, ImageRecord
+from funad.backbones import BackboneConfig
+from funad.data.contamination import SplitRule
+from funad.methods.base import MethodSettings
 from rundir import METRIC_KEYS
 
 PICKS = ("best", "median", "worst")
@@ -29,36 +30,55 @@ PICKS = ("best", "median", "worst")
 
 @dataclass(frozen=True)
 class CellConfig:
-    """Plain data that defines one cell (everything that can change its result, plus run knobs).
+    """One cell, typed and validated: everything that can change its result, plus two run knobs.
 
     dataset:  {"kind": ..., "root": str | None, **loader options}
-    backbone: BackboneConfig fields (None values mean "the backbone's default")
-    params:   the method's settings as given; the method fills its defaults
-    ratio / count: a contamination ratio (of what: ratio_of), or an absolute number of injected images
-    source, ratio_of, pool_order, shortfall: the split rule (funad.data.contamination)
-    min_test_anomalies: None = the contamination module's default
-    split_list / split_list_sha256: a training list (funad.data.splits) instead of a drawn split; the
-        sha256 of its bytes defines the cell (not the path, which differs between machines)
+    backbone: the backbone and its preprocessing (funad.backbones.BackboneConfig)
+    method / settings: the method's name and its validated Settings instance (defaults filled)
+    split:    the contamination rule (funad.data.contamination.SplitRule)
+    eval_every, n_map_examples: run knobs that do not change results (not part of the cell id)
+
+    `CellConfig.build` makes one from plain values (a notebook, a script); the harness builds them
+    from the sweep file, each part validated once by its own type.
     """
 
     dataset: dict[str, Any]
     category: str
-    backbone: dict[str, Any]
+    backbone: BackboneConfig
     method: str
-    params: dict[str, Any] = field(default_factory=dict)
-    ratio: float | None = 0.0
-    count: int | None = None
-    overlap: bool = False
-    shortfall: str = SPLIT_DEFAULTS["shortfall"]
+    settings: MethodSettings
+    split: SplitRule = field(default_factory=lambda: SplitRule(ratio=0.0))
     seed: int = 0
     eval_every: int = 0
     n_map_examples: int = 2
-    min_test_anomalies: int | None = None
-    source: str = SPLIT_DEFAULTS["source"]
-    ratio_of: str = SPLIT_DEFAULTS["ratio_of"]
-    pool_order: str = SPLIT_DEFAULTS["pool_order"]
-    split_list: str | None = None
-    split_list_sha256: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        dataset: dict[str, Any],
+        category: str,
+        backbone: BackboneConfig | dict[str, Any],
+        method: str,
+        settings: MethodSettings | dict[str, Any] | None = None,
+        split: SplitRule | dict[str, Any] | None = None,
+        seed: int = 0,
+        eval_every: int = 0,
+        n_map_examples: int = 2,
+    ) -> CellConfig:
+        """From plain values: a backbone dict (None values = the backbone's defaults), the method's
+        settings as given (its Settings model fills and checks them), the split rule's fields."""
+        from funad.methods import method_class
+
+        if not isinstance(backbone, BackboneConfig):
+            backbone = BackboneConfig(**{k: v for k, v in backbone.items() if v is not None})
+        if not isinstance(settings, MethodSettings):
+            settings = method_class(method).Settings(**(settings or {}))
+        if not isinstance(split, SplitRule):
+            split = SplitRule(**({"ratio": 0.0} if split is None else split))
+        return cls(dataset=dict(dataset), category=category, backbone=backbone, method=method,
+                   settings=settings, split=split, seed=int(seed), eval_every=int(eval_every),
+                   n_map_examples=int(n_map_examples))
 
 
 @dataclass
@@ -107,13 +127,6 @@ def resolve_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def backbone_config(backbone: dict[str, Any]) -> Any:
-    """BackboneConfig from a plain dict; None fields are left to the config's own defaults."""
-    from funad.features import BackboneConfig
-
-    return BackboneConfig(**{k: v for k, v in backbone.items() if v is not None})
-
-
 def open_dataset(dataset: dict[str, Any], data_cache: Path | None = None) -> Any:
     """create_dataset from the cell's dataset dict; data_cache (if given) is where built-in sets live."""
     from funad.data import create_dataset
@@ -155,40 +168,6 @@ def pick_examples(scores: np.ndarray, labels: np.ndarray, n: int) -> list[tuple[
     return out
 
 
-def make_split(cfg: CellConfig, records: list[ImageRecord]) -> tuple[Split, str]:
-    """The cell's training pool and test set, and where they came from (see CellOutcome.split_source).
-
-    A training list wins; a dataset that ships its own noisy training set (anomalous training
-    records, e.g. a Real-IAD FUIAD split) is used as it is; otherwise the split is drawn.
-    """
-    from funad.data import splits
-
-    kind = cfg.dataset["kind"]
-    if cfg.split_list is not None:
-        listed = splits.read_split_list(cfg.split_list)
-        if cfg.split_list_sha256 is not None and listed.sha256 != cfg.split_list_sha256:
-            raise DatasetError(f"{cfg.split_list}: the list changed since the sweep was planned "
-                               f"(sha256 {listed.sha256[:12]}..., planned {cfg.split_list_sha256[:12]}...)")
-        split = splits.split_from_list(records, listed, cfg.category, overlap=cfg.overlap,
-                                       pool_order=cfg.pool_order, ratio=cfg.ratio, count=cfg.count)
-        return split, listed.source
-    if any(r.split == "train" and r.label != 0 for r in records):
-        if (cfg.ratio or 0) != 0 or (cfg.count or 0) != 0:
-            raise DatasetError(f"{kind}/{cfg.category}: this split already holds anomalous training "
-                               "images (the dataset's own noisy training set); inject nothing more "
-                               "(allowed: ratio 0 or count 0)")
-        return splits.split_from_records(records, pool_order=cfg.pool_order), f"dataset:{kind}"
-    extra: dict[str, Any] = {}
-    if cfg.min_test_anomalies is not None:
-        extra["min_test_anomalies"] = cfg.min_test_anomalies
-    split = contaminate(
-        records, ratio=cfg.ratio, count=cfg.count, seed=cfg.seed, overlap=cfg.overlap,
-        shortfall=cfg.shortfall, key=f"{kind}/{cfg.category}", source=cfg.source, ratio_of=cfg.ratio_of,
-        pool_order=cfg.pool_order, **extra,
-    )
-    return split, "drawn"
-
-
 def run_cell(
     cfg: CellConfig,
     *,
@@ -199,7 +178,7 @@ def run_cell(
 ) -> CellOutcome:
     """Run one cell: dataset -> contamination split -> cached features -> fit -> score -> metrics."""
     from funad import features, native
-    from funad.methods import FitContext, create_method
+    from funad.methods import FitContext, method_class
     from funad.metrics import auroc, compute_metrics, metric_notes
 
     native.reset_usage()  # the row's funad_native names what THIS cell's searches used
@@ -207,9 +186,10 @@ def run_cell(
     seed_everything(cfg.seed)
     dataset = open_dataset(cfg.dataset, data_cache)
     records = dataset.records(cfg.category)
-    split, split_source = make_split(cfg, records)
+    split, split_source = cfg.split.split(records, seed=cfg.seed, kind=cfg.dataset["kind"],
+                                          category=cfg.category)
     pixel_level = bool(dataset.pixel_level)
-    bcfg = backbone_config(cfg.backbone)
+    bcfg = cfg.backbone
     cache = Path(feature_cache)
 
     t0 = time.perf_counter()
@@ -224,8 +204,8 @@ def run_cell(
         part.check_finite(what)  # NaN/inf features name their images here, not as NaN scores later
     feature_s = time.perf_counter() - t0
 
-    method = create_method(cfg.method, cfg.params)
-    params = method.settings.model_dump(mode="json")
+    method = method_class(cfg.method)(settings=cfg.settings)
+    params = cfg.settings.model_dump(mode="json")
 
     def evaluate(m: Any) -> dict[str, float]:
         """Oracle-only test evaluation (image/pixel AUROC); never feeds the headline."""

@@ -8,20 +8,24 @@ machine (resume depends on it).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from pydantic import ValidationError
+
 from funad.backbones import BackboneConfig
 from funad.data.contamination import DEFAULTS as SPLIT_DEFAULTS
+from funad.data.contamination import SplitRule
 from funad.data.splits import list_path, read_split_list
-from funad.methods import method_class
+from funad.methods import MethodSettings, method_class
 from funad.run import CellConfig, open_dataset
 
 if TYPE_CHECKING:
@@ -44,11 +48,26 @@ HASH_DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class Cell:
-    """One trial: its id, what run_cell needs, and the values of the swept settings (hp_* columns)."""
+    """One trial: its id, its typed config (what run_cell needs), and which settings it sweeps."""
 
     cell_id: str
     config: CellConfig
-    hp: dict[str, Any] = field(default_factory=dict)
+    #: the names of the method's swept settings (their values become the hp_* columns)
+    swept: tuple[str, ...] = ()
+
+    @property
+    def hp(self) -> dict[str, Any]:
+        """The swept settings' values, as the validated settings hold them (JSON values)."""
+        values = self.config.settings.model_dump(mode="json")
+        return {name: values[name] for name in self.swept}
+
+
+@dataclass(frozen=True)
+class MethodPoint:
+    """One grid point of a method: its validated settings and the names swept to reach it."""
+
+    settings: MethodSettings
+    swept: tuple[str, ...]
 
 
 class FeatureJob(NamedTuple):
@@ -57,11 +76,11 @@ class FeatureJob(NamedTuple):
 
     dataset: dict[str, Any]
     category: str
-    backbone: dict[str, Any]
+    backbone: BackboneConfig
 
     @property
     def label(self) -> str:
-        return f"{self.dataset['kind']}/{self.category}/{self.backbone['name']}"
+        return f"{self.dataset['kind']}/{self.category}/{self.backbone.name}"
 
 
 def canonical_json(obj: Any) -> str:
@@ -86,90 +105,36 @@ def drop_hash_defaults(values: Mapping[str, Any], scope: str = "") -> dict[str, 
     return out
 
 
-def compute_cell_id(
-    *,
-    dataset: dict[str, Any],
-    category: str,
-    backbone: dict[str, Any],
-    method: str,
-    settings: dict[str, Any],
-    ratio: float | None,
-    count: int | None,
-    overlap: bool,
-    seed: int,
-    shortfall: str = SPLIT_DEFAULTS["shortfall"],
-    min_test_anomalies: int | None = None,
-    source: str = SPLIT_DEFAULTS["source"],
-    ratio_of: str = SPLIT_DEFAULTS["ratio_of"],
-    pool_order: str = SPLIT_DEFAULTS["pool_order"],
-    split_list_sha256: str | None = None,
-) -> str:
-    """First 16 hex digits of sha256(canonical JSON of the cell's defining values, HASH_DEFAULTS
-    fields at their default left out).
+def backbone_json(backbone: BackboneConfig) -> dict[str, Any]:
+    """Every backbone field as plain JSON (defaults filled, so an explicit default equals an omitted
+    one), HASH_DEFAULTS fields at their default left out: the id's and the row's form."""
+    return drop_hash_defaults(backbone.model_dump(mode="json"), "backbone.")
 
-    `settings` must have the method's defaults filled (see `filled_settings`). eval_every and
-    n_map_examples do not change results and are not defining values.
-    """
-    payload: dict[str, Any] = {
-        "dataset": dataset,
-        "category": category,
-        "backbone": backbone,
-        "method": method,
-        "settings": settings,
-        "ratio": None if ratio is None else float(ratio),
-        "count": None if count is None else int(count),
-        "overlap": bool(overlap),
-        "seed": int(seed),
-        "shortfall": shortfall,
-        "min_test_anomalies": None if min_test_anomalies is None else int(min_test_anomalies),
-        "source": source,
-        "ratio_of": ratio_of,
-        "pool_order": pool_order,
-        # a training list defines the cell by its content, not by its path
-        "split_list_sha256": split_list_sha256,
+
+def defining_values(cfg: CellConfig) -> dict[str, Any]:
+    """The values that define a cell, as plain JSON: what its id hashes. eval_every and
+    n_map_examples do not change results and are not among them."""
+    return {
+        "dataset": cfg.dataset,
+        "category": cfg.category,
+        "backbone": backbone_json(cfg.backbone),
+        "method": cfg.method,
+        "settings": cfg.settings.model_dump(mode="json"),
+        "seed": int(cfg.seed),
+        **cfg.split.defining_values(),
     }
-    text = canonical_json(drop_hash_defaults(payload))
+
+
+def compute_cell_id(values: Mapping[str, Any]) -> str:
+    """First 16 hex digits of sha256(canonical JSON of a cell's defining values), the HASH_DEFAULTS
+    fields at their default left out (so ids handed out before such a field existed stay)."""
+    text = canonical_json(drop_hash_defaults(values))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def filled_settings(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The method's full settings (defaults filled, values coerced by its Settings model), as JSON."""
-    return method_class(method).Settings(**params).model_dump(mode="json")
-
-
-def config_cell_id(cfg: CellConfig, settings: dict[str, Any]) -> str:
-    """`compute_cell_id` of a cell's config, with the method's filled `settings`."""
-    return compute_cell_id(
-        dataset=cfg.dataset,
-        category=cfg.category,
-        backbone=cfg.backbone,
-        method=cfg.method,
-        settings=settings,
-        ratio=cfg.ratio,
-        count=cfg.count,
-        overlap=cfg.overlap,
-        seed=cfg.seed,
-        shortfall=cfg.shortfall,
-        min_test_anomalies=cfg.min_test_anomalies,
-        source=cfg.source,
-        ratio_of=cfg.ratio_of,
-        pool_order=cfg.pool_order,
-        split_list_sha256=cfg.split_list_sha256,
-    )
-
-
-def launch_order(cells: Iterable[Cell]) -> list[str]:
-    """Cell ids, the expected-longest first (then by id, so the order is reproducible).
-
-    Starting the long cells first keeps the last minutes of a sweep from running one long cell while
-    the other slots idle. The estimate is each method's own cost hook (`Method.cost(settings)`).
-    """
-
-    def cost(cell: Cell) -> float:
-        cls = method_class(cell.config.method)
-        return float(cls.cost(cls.Settings(**cell.config.params)))
-
-    return [c.cell_id for c in sorted(cells, key=lambda c: (-cost(c), c.cell_id))]
+def cell_id(cfg: CellConfig) -> str:
+    """A cell's id, derived from its typed fields."""
+    return compute_cell_id(defining_values(cfg))
 
 
 def _is_list_type(annotation: Any) -> bool:
@@ -208,7 +173,7 @@ def method_axes(method: str, settings: dict[str, Any]) -> dict[str, list[Any]]:
 
 
 def method_grid(method: str, settings: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Every grid point of one method: (params as given for that point, swept values {name: value})."""
+    """Every grid point of one method as given: (params for that point, swept values {name: value})."""
     axes = method_axes(method, settings)
     fixed = {k: v for k, v in settings.items() if k not in axes}
     names = list(axes)
@@ -219,6 +184,20 @@ def method_grid(method: str, settings: dict[str, Any]) -> list[tuple[dict[str, A
     return out
 
 
+def method_points(method: str, settings: dict[str, Any]) -> tuple[list[MethodPoint], list[ValidationError]]:
+    """Every grid point of one method, validated by its Settings model (the one place a sweep's
+    method settings are checked): the points, and the validation errors of the points that failed."""
+    cls = method_class(method).Settings
+    points: list[MethodPoint] = []
+    errors: list[ValidationError] = []
+    for params, hp in method_grid(method, settings):
+        try:
+            points.append(MethodPoint(cls(**params), tuple(hp)))
+        except ValidationError as e:
+            errors.append(e)
+    return points, errors
+
+
 def _dataset_dict(ds: DatasetSpec) -> dict[str, Any]:
     """Spec dataset entry -> the cell's dataset dict: kind, root, loader options (no categories)."""
     d = ds.model_dump(mode="json")
@@ -226,66 +205,60 @@ def _dataset_dict(ds: DatasetSpec) -> dict[str, Any]:
     return {"kind": d.pop("kind"), "root": d.pop("root"), **d}
 
 
-def backbone_dict(backbone: Mapping[str, Any]) -> dict[str, Any]:
-    """All backbone fields as plain JSON values, BackboneConfig's defaults filled (so an explicit
-    default hashes like an omitted one); HASH_DEFAULTS fields at their default are left out."""
-    given = {k: v for k, v in backbone.items() if v is not None}
-    return drop_hash_defaults(BackboneConfig(**given).model_dump(mode="json"), "backbone.")
+def split_rules(spec: SweepSpec, dataset_kind: str) -> list[tuple[SplitRule, int]]:
+    """The contamination section as (rule, seed) pairs for one dataset: ratios (or counts) x overlaps x
+    seeds, each rule with its training list when the section names a list template (one per seed)."""
+    c = spec.contamination
+    amounts: list[tuple[float | None, int | None]] = (
+        [(None, int(n)) for n in c.counts] if c.counts is not None else [(float(r), None) for r in c.ratios]
+    )
+    out = []
+    for (ratio, count), overlap, seed in itertools.product(amounts, c.overlaps, spec.seeds):
+        listed = None
+        if c.lists is not None:
+            path = list_path(c.lists, dataset=dataset_kind, ratio=ratio, count=count, seed=seed)
+            listed = str(path.resolve())
+        rule = SplitRule(
+            ratio=ratio, count=count, overlap=bool(overlap), shortfall=c.shortfall,
+            min_test_anomalies=c.min_test_anomalies, source=c.source, ratio_of=c.ratio_of,
+            pool_order=c.pool_order, split_list=listed,
+            split_list_sha256=None if listed is None else _list_sha256(listed),
+        )
+        out.append((rule, int(seed)))
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _list_sha256(path: str) -> str:
+    return read_split_list(path).sha256
 
 
 def expand_cells(spec: SweepSpec, *, data_cache: Path | None = None) -> list[Cell]:
     """datasets x categories x methods x method grid x ratios (or counts) x overlap x seeds.
 
-    `categories: all` opens the dataset to list them (built-in sets are generated on first use,
-    under data_cache).
+    The method points come from the spec's validation (`SweepSpec.method_points`); `categories: all`
+    opens the dataset to list them (built-in sets are generated on first use, under data_cache).
     """
-    c = spec.contamination
-    amounts: list[tuple[float | None, int | None]] = (
-        [(None, int(n)) for n in c.counts] if c.counts is not None else [(float(r), None) for r in c.ratios]
-    )
-    backbone = backbone_dict(spec.backbone.model_dump(mode="json"))
     cells: list[Cell] = []
     seen: set[str] = set()
-    sha_of: dict[Path, str] = {}
+    points = spec.method_points()
     for ds in spec.datasets:
         dataset = _dataset_dict(ds)
+        rules = split_rules(spec, ds.kind)
         for category in open_dataset(dataset, data_cache).resolve_categories(ds.categories):
-            for method, settings in spec.methods.items():
-                for params, hp in method_grid(method, dict(settings)):
-                    full = filled_settings(method, params)
-                    for (ratio, count), overlap, seed in itertools.product(amounts, c.overlaps, spec.seeds):
-                        listed, sha = None, None
-                        if c.lists is not None:
-                            path = list_path(c.lists, dataset=ds.kind, ratio=ratio, count=count, seed=seed)
-                            listed = str(path.resolve())
-                            if path not in sha_of:
-                                sha_of[path] = read_split_list(path).sha256
-                            sha = sha_of[path]
+            for method in spec.methods:
+                for point in points[method]:
+                    for rule, seed in rules:
                         cfg = CellConfig(
-                            dataset=dataset,
-                            category=category,
-                            backbone=backbone,
-                            method=method,
-                            params=params,
-                            ratio=ratio,
-                            count=count,
-                            overlap=bool(overlap),
-                            shortfall=c.shortfall,
-                            seed=int(seed),
-                            eval_every=int(spec.eval_every),
-                            n_map_examples=int(spec.n_map_examples),
-                            min_test_anomalies=c.min_test_anomalies,
-                            source=c.source,
-                            ratio_of=c.ratio_of,
-                            pool_order=c.pool_order,
-                            split_list=listed,
-                            split_list_sha256=sha,
+                            dataset=dataset, category=category, backbone=spec.backbone, method=method,
+                            settings=point.settings, split=rule, seed=seed,
+                            eval_every=int(spec.eval_every), n_map_examples=int(spec.n_map_examples),
                         )
-                        cid = config_cell_id(cfg, full)
+                        cid = cell_id(cfg)
                         if cid in seen:  # e.g. two grid points equal once defaults are filled
                             continue
                         seen.add(cid)
-                        cells.append(Cell(cid, cfg, hp))
+                        cells.append(Cell(cid, cfg, point.swept))
     return cells
 
 
@@ -294,6 +267,6 @@ def feature_jobs(cells: Iterable[Cell]) -> list[FeatureJob]:
     jobs: dict[str, FeatureJob] = {}
     for cell in cells:
         cfg = cell.config
-        key = canonical_json([cfg.dataset, cfg.category, cfg.backbone])
-        jobs.setdefault(key, FeatureJob(dict(cfg.dataset), cfg.category, dict(cfg.backbone)))
+        key = canonical_json([cfg.dataset, cfg.category, backbone_json(cfg.backbone)])
+        jobs.setdefault(key, FeatureJob(dict(cfg.dataset), cfg.category, cfg.backbone))
     return list(jobs.values())

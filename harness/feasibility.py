@@ -11,62 +11,68 @@ policy is marked with a `*`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
-from funad.data.contamination import capacity, requested_count
-from funad.data.records import ImageRecord
-from funad.run import CellConfig, open_dataset
+from funad.data.contamination import SHORTFALL_POLICIES, CategoryCounts, SplitRule
+from funad.data.records import DatasetError, ImageRecord
+from funad.run import open_dataset
 from harness.cells import Cell
 
-Amount = tuple[float | None, int | None]
 
-
-def _share(spare: int, n_normal: int, ratio_of: str) -> float:
-    """The ratio that `spare` injected images make, by the ratio definition."""
-    return spare / n_normal if ratio_of == "normal" else spare / (n_normal + spare)
-
-
-def category_lines(records: list[ImageRecord], cfg: CellConfig, amounts: list[Amount]) -> Iterator[str]:
-    n_normal = sum(1 for r in records if r.split == "train" and r.label == 0)
-    n_anom = sum(1 for r in records if r.split == "test" and r.label == 1)
-    keep = {} if cfg.min_test_anomalies is None else {"min_test_anomalies": cfg.min_test_anomalies}
-    spare = capacity(records, overlap=cfg.overlap, source=cfg.source, **keep)
-    ratios = bool(amounts) and amounts[0][0] is not None
-    most = f"ratio {_share(spare, n_normal, cfg.ratio_of):.3f}" if ratios else f"count {spare}"
+def category_lines(
+    category: str, records: list[ImageRecord], rule: SplitRule, amounts: list[SplitRule]
+) -> Iterator[str]:
+    """One category: the most it can spare, then each requested amount it cannot meet, with what every
+    shortfall policy would do (the rule's own marked `*`)."""
+    counts = CategoryCounts.of(records)
+    spare = rule.capacity(counts)
+    by_ratio = rule.ratio is not None
+    most = f"ratio {rule.share(spare, counts.train_normal):.3f}" if by_ratio else f"count {spare}"
     lines = []
-    for ratio, count in amounts:
-        n = requested_count(ratio, n_normal, cfg.ratio_of) if ratio is not None else int(count or 0)
+    for amount in amounts:
+        n = amount.requested(counts.train_normal)
         if n <= spare:
             continue
-        policies = {
-            "cap": f"{spare} (achieved ratio {_share(spare, n_normal, cfg.ratio_of):.3f})",
-            "augment": f"{spare} + {n - spare} perturbed copies" if cfg.source == "anomalies"
-            else "not for source all_test",
-            "error": "the cell fails",
-        }
-        text = " | ".join(f"{'*' if p == cfg.shortfall else ''}{p}: {v}" for p, v in policies.items())
-        what = f"ratio {ratio:g}" if ratio is not None else f"count {count}"
+        policies = {}
+        for policy in SHORTFALL_POLICIES:
+            if not amount.allows(policy):
+                policies[policy] = f"not for source {amount.source}"
+            elif policy == "error":
+                policies[policy] = "the cell fails"
+            else:
+                try:
+                    got = replace(amount, shortfall=policy).amounts(counts)
+                except DatasetError:  # augment with nothing to copy
+                    policies[policy] = "nothing to augment (no anomaly can be spared)"
+                    continue
+                policies[policy] = (f"{got.drawn} + {got.copies} perturbed copies" if got.copies
+                                    else f"{got.drawn} (achieved ratio {got.achieved_ratio:.3f})")
+        order = ("cap", "augment", "error")
+        text = " | ".join(f"{'*' if p == rule.shortfall else ''}{p}: {policies[p]}" for p in order)
+        what = f"ratio {amount.ratio:g}" if amount.ratio is not None else f"count {amount.count}"
         lines.append(f"    {what}: wants {n}, {spare} can be spared -> {text}")
     fits = "" if lines else ", every requested amount fits"
-    yield (f"  {cfg.category}: {n_normal} normal training images, {n_anom} test anomalies -> up to "
-           f"{most}{fits}")
+    yield (f"  {category}: {counts.train_normal} normal training images, "
+           f"{counts.test_anomalous} test anomalies -> up to {most}{fits}")
     yield from lines
 
 
-def feasibility_lines(
-    cells: list[Cell], amounts: list[Amount], data_cache: Path | None = None
-) -> Iterator[str]:
-    """Per dataset (and overlap setting) and category; cells trained from a list are not drawn."""
-    groups: dict[tuple[str, bool], dict[str, CellConfig]] = {}
+def feasibility_lines(cells: list[Cell], data_cache: Path | None = None) -> Iterator[str]:
+    """Per dataset (and overlap setting) and category, for the amounts the cells ask; cells trained
+    from a list are not drawn."""
+    groups: dict[tuple[str, bool], dict[str, list[Cell]]] = {}
     for c in cells:
-        if c.config.split_list is None:
-            key = (str(c.config.dataset), c.config.overlap)
-            groups.setdefault(key, {}).setdefault(c.config.category, c.config)
+        if c.config.split.split_list is None:
+            key = (str(c.config.dataset), c.config.split.overlap)
+            groups.setdefault(key, {}).setdefault(c.config.category, []).append(c)
     for by_category in groups.values():
-        first = next(iter(by_category.values()))
-        drawn = "test anomalies" if first.source == "anomalies" else "the whole test set"
-        yield (f"contamination feasibility, {first.dataset['kind']} (ratio of {first.ratio_of}, drawn from "
-               f"{drawn}, overlap {'yes' if first.overlap else 'no'}):")
+        first = next(iter(by_category.values()))[0].config
+        rule = first.split
+        drawn = "test anomalies" if rule.source == "anomalies" else "the whole test set"
+        yield (f"contamination feasibility, {first.dataset['kind']} (ratio of {rule.ratio_of}, drawn from "
+               f"{drawn}, overlap {'yes' if rule.overlap else 'no'}):")
         dataset = open_dataset(first.dataset, data_cache)
-        for category, cfg in sorted(by_category.items()):
-            yield from category_lines(dataset.records(category), cfg, amounts)
+        for category, group in sorted(by_category.items()):
+            amounts = list(dict.fromkeys(c.config.split for c in group))
+            yield from category_lines(category, dataset.records(category), rule, amounts)

@@ -7,14 +7,13 @@ Each task returns how many backbone forwards it made, so a rerun can prove it ma
 It is also where every image and mask a trial will read is decoded once (funad.data.images.check_files):
 listing a dataset reads headers only, so a file cut short after its header would otherwise end as a
 `failed` row in every cell of its category. A file that does not decode stops the sweep here, before
-any trial, with exit 2 and one message naming it, like a bad spec. On a warm cache the check still
-decodes every file, without the backbone.
+any trial (`BadInput`: the driver prints its message and exits 2, like a bad spec). On a warm cache the
+check still decodes every file, without the backbone.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,19 +21,11 @@ from typing import Any
 
 from funad.data.records import DatasetError
 from harness.cells import FeatureJob
-from harness.sweep import EXIT_USAGE
 
 
-class BadInput(SystemExit):
-    """An image or mask of the sweep does not decode: the sweep ends with exit 2 before any trial.
-
-    A SystemExit, so it passes every `except Exception` on its way out, the Ray session still shuts
-    down on the way (harness.raycluster.ray_session), and the driver exits 2 with the one message
-    already on stderr, as for a bad spec.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(EXIT_USAGE)
+class BadInput(Exception):
+    """An image or mask of the sweep does not decode: the driver ends the sweep with exit 2 before any
+    trial, printing this message (`<job>: <file>: <problem>`)."""
 
 
 @dataclass
@@ -68,7 +59,7 @@ def extract_category(
 
     from funad import features
     from funad.data.images import check_files
-    from funad.run import backbone_config, open_dataset, resolve_device
+    from funad.run import open_dataset, resolve_device
 
     if workdir and os.path.isdir(workdir):  # relative dataset roots are relative to the driver's cwd
         os.chdir(workdir)
@@ -78,7 +69,7 @@ def extract_category(
     records = dataset.records(job.category)
     device = resolve_device(None)
     before = features.forward_count()
-    bcfg = backbone_config(job.backbone)
+    bcfg = job.backbone
     # The backbone decodes the images it computes; check_files then decodes only the rest (cached
     # entries) and every mask, so no image is decoded twice.
     features.extract_features(records, bcfg, Path(cache_dir), device=device, progress=False)
@@ -103,14 +94,13 @@ def run_stage(
     cpus_per_task: float = 1.0,
     data_cache: str | None = None,
     log: Callable[[str], None] = print,
-    err: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> StageResult:
     """Submit one Ray task per job (cells.feature_jobs: unique already) and wait for all.
 
     An image or mask that does not decode (a DatasetError) stops the sweep: the other tasks are
-    cancelled, one line `error: <job>: <file>: <problem>` goes to stderr and `BadInput` (exit 2) is
-    raised. Any other failing task (a worker killed by the OOM killer, a lost node) does not: it is
-    logged, and that category's trials extract in-trial and record the error in their own failed rows.
+    cancelled and `BadInput` is raised with the message `<job>: <file>: <problem>`. Any other failing
+    task (a worker killed by the OOM killer, a lost node) does not: it is logged, and that category's
+    trials extract in-trial and record the error in their own failed rows.
 
     A task gets a whole GPU when the trials ask for one or the cluster has any (an autoscaling cluster
     may show none until the first GPU node joins), else CPUs only.
@@ -141,8 +131,7 @@ def run_stage(
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
                 if isinstance(cause, DatasetError):
                     # the message names the file; its first line is the whole problem
-                    err(f"error: {refs[done[0]].label}: {str(cause).strip().splitlines()[0]}")
-                    raise BadInput() from None
+                    raise BadInput(f"{refs[done[0]].label}: {str(cause).strip().splitlines()[0]}") from None
                 message = f"{type(cause).__name__}: {cause}".splitlines()[0]
                 result.failures.append((refs[done[0]].label, message))
                 log(f"  features {refs[done[0]].label}: FAILED ({message}); its trials will report it")

@@ -19,7 +19,8 @@ import pyarrow as pa
 from funad.metrics import format_notes
 from funad.run import CellOutcome
 from harness import versions
-from harness.cells import Cell, filled_settings
+from harness.cells import Cell, backbone_json
+from harness.schema import hp_value
 from rundir import DIAG_PREFIX, HP_PREFIX
 
 
@@ -46,32 +47,27 @@ def error_text(exc: BaseException | str, max_lines: int = 15) -> str:
 
 
 def cell_fields(cell: Cell) -> dict[str, Any]:
-    """The columns that come from the cell's definition alone (shared by result and plan rows)."""
+    """The columns that come from the cell's definition alone (shared by result and plan rows), derived
+    from its typed fields: the dataset, the backbone, the split rule's record form, the swept values."""
     cfg = cell.config
     ds = dict(cfg.dataset)
     kind, root = ds.pop("kind"), ds.pop("root", None)
+    hp = cell.hp
     row: dict[str, Any] = {
         "cell_id": cell.cell_id,
         "dataset": kind,
         "category": cfg.category,
         "method": cfg.method,
-        "backbone": cfg.backbone["name"],
-        "ratio": None if cfg.ratio is None else float(cfg.ratio),
-        "overlap": bool(cfg.overlap),
+        "backbone": cfg.backbone.name,
         "seed": int(cfg.seed),
         "dataset_root": None if root is None else str(root),
         "dataset_options": to_json(ds),
-        "backbone_config": to_json(cfg.backbone),
-        "requested_count": cfg.count,
-        "shortfall": cfg.shortfall,
-        "contamination_source": "list" if cfg.split_list is not None else cfg.source,
-        "ratio_of": cfg.ratio_of,
-        "pool_order": cfg.pool_order,
-        "split_list": cfg.split_list,
-        "hp": to_json(cell.hp),
+        "backbone_config": to_json(backbone_json(cfg.backbone)),
+        **cfg.split.row_values(),
+        "hp": to_json(hp),
     }
-    for k, v in cell.hp.items():
-        row[f"{HP_PREFIX}{k}"] = v
+    for k, v in hp.items():
+        row[f"{HP_PREFIX}{k}"] = hp_value(v)
     return row
 
 
@@ -81,11 +77,10 @@ def _result_fields(run: str, cell: Cell) -> dict[str, Any]:
 
 def plan_row(cell: Cell) -> dict[str, Any]:
     """One row of plan.parquet: everything that defines the cell, method defaults filled."""
-    cfg = cell.config
     return {
         **cell_fields(cell),
-        "params": to_json(filled_settings(cfg.method, cfg.params)),
-        "min_test_anomalies": cfg.min_test_anomalies,
+        "params": to_json(cell.config.settings.model_dump(mode="json")),
+        "min_test_anomalies": cell.config.split.min_test_anomalies,
     }
 
 

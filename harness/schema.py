@@ -3,13 +3,16 @@
 Why one explicit schema: pyarrow infers a dataset's schema from its first file, so a column that is
 null there fails to cast later and a column missing there is silently dropped. Every file of a run
 is therefore written with the same schema, built from the sweep's methods: their swept settings
-become hp_* columns (typed from the grid values), their diagnostic names diag_* columns (from the
+become hp_* columns (typed from the settings' annotations), their diagnostic names diag_* columns (from the
 method registry).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+import typing
+from collections.abc import Mapping
+from types import UnionType
 from typing import Any
 
 import pyarrow as pa
@@ -41,16 +44,26 @@ def diagnostic_names(methods: Methods) -> list[str]:
     return names
 
 
-def _value_type(values: Iterable[Any]) -> pa.DataType:
-    """Arrow type of a swept setting from its grid values: bool, int64, float64, else string."""
-    vals = [v for v in values if v is not None]
-    if vals and all(isinstance(v, bool) for v in vals):
-        return pa.bool_()
-    if vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
-        return pa.int64()
-    if vals and all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
-        return pa.float64()
-    return pa.string()
+_SCALAR_TYPES: dict[type, pa.DataType] = {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}
+
+
+def _annotation_type(annotation: Any) -> pa.DataType:
+    """Arrow type of a setting from its Settings annotation: bool, int64, float64, else string (a
+    list, a dict or any other value is stored as its JSON text)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _annotation_type(typing.get_args(annotation)[0])
+    if origin in (typing.Union, UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        types = [_annotation_type(a) for a in args] or [pa.string()]
+        merged = types[0]
+        for t in types[1:]:
+            merged = _merge_types(merged, t)
+        return merged
+    if origin is typing.Literal:
+        kinds = {type(v) for v in typing.get_args(annotation)}
+        return _SCALAR_TYPES.get(kinds.pop(), pa.string()) if len(kinds) == 1 else pa.string()
+    return _SCALAR_TYPES.get(annotation, pa.string())
 
 
 def _merge_types(a: pa.DataType, b: pa.DataType) -> pa.DataType:
@@ -61,12 +74,26 @@ def _merge_types(a: pa.DataType, b: pa.DataType) -> pa.DataType:
     return pa.string()
 
 
+def setting_type(method: str, name: str) -> pa.DataType:
+    """The hp_<name> column type of one method's setting, from its Settings model's annotation."""
+    from funad.methods import method_class
+
+    return _annotation_type(method_class(method).Settings.model_fields[name].annotation)
+
+
+def hp_value(value: Any) -> Any:
+    """A swept setting's value as its hp_* column holds it: scalars as they are, anything else as JSON."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def hp_types(methods: Methods) -> dict[str, pa.DataType]:
     """Swept setting name -> Arrow type, over all methods (same name in two methods: types merged)."""
     out: dict[str, pa.DataType] = {}
     for name, settings in methods.items():
-        for key, values in method_axes(name, dict(settings)).items():
-            t = _value_type(values)
+        for key in method_axes(name, dict(settings)):
+            t = setting_type(name, key)
             out[key] = _merge_types(out[key], t) if key in out else t
     return out
 

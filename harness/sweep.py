@@ -106,9 +106,7 @@ def print_dry_run(plan: Plan) -> None:
     # reading results/ starts nothing and creates nothing
     ok = sum(1 for st in read_statuses(plan.run_dir, [c.cell_id for c in cells]).values() if st == "ok")
     out(f"already ok there: {ok}; to run: {len(cells) - ok}")
-    c = plan.spec.contamination
-    amounts = [(None, n) for n in c.counts] if c.counts is not None else [(r, None) for r in c.ratios or []]
-    for line in feasibility_lines(cells, amounts, plan.spec.data_dir()):
+    for line in feasibility_lines(cells, plan.spec.data_dir()):
         out(line)
     out(f"feature cache: {plan.feature_cache}")
     out(f"feature jobs: {len(jobs)}")
@@ -121,7 +119,7 @@ def print_dry_run(plan: Plan) -> None:
     picks = sorted({round(i * (len(cells) - 1) / max(1, N_EXAMPLES - 1)) for i in range(N_EXAMPLES)})
     for c in [cells[i] for i in picks if cells]:
         cfg = c.config
-        ratio = cfg.ratio if cfg.count is None else f"count={cfg.count}"
+        ratio = cfg.split.ratio if cfg.split.count is None else f"count={cfg.split.count}"
         out(
             f"  {c.cell_id}  {cfg.dataset.get('kind')}/{cfg.category} {cfg.method} "
             f"ratio={ratio} seed={cfg.seed} hp={json.dumps(c.hp, sort_keys=True, default=str)}"
@@ -273,8 +271,8 @@ def run_on_ray(plan: Plan, args: argparse.Namespace, address: str | None) -> tup
     """Features stage then Tune; returns (interrupted, dashboard url). Ray is always shut down."""
     from ray import tune
 
-    from harness.cells import launch_order
     from harness.features_stage import run_stage
+    from harness.progress import launch_order
     from harness.trial import TrialContext, cell_trainable, start_counter, trial_name
 
     spec = plan.spec
@@ -414,10 +412,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupted, dashboard = False, None
     _sigterm_as_interrupt()
     if plan.todo:
+        from harness.features_stage import BadInput
+
         try:
             interrupted, dashboard = run_on_ray(plan, args, address)
         except KeyboardInterrupt:
             interrupted = True
+        except BadInput as exc:  # an undecodable image or mask: like a bad spec, before any trial
+            err(f"error: {exc}")
+            return EXIT_USAGE
     summary = summarize(plan)
     report = None
     existing = plan.run_dir / REPORT_FILE

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     totals = []
     dumped: dict[str, list[dict]] = {}
     for cat in args.categories:
-        cfg = CellConfig(
+        cfg = CellConfig.build(
             dataset={"kind": "synthetic", "root": str(args.root)},
             category=cat,
             backbone={
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                 "border_context": not args.crop_first,
             },
             method=args.method,
-            params={},
-            ratio=0.0,
+            settings={},
+            split={"ratio": 0.0},
             seed=0,
         )
         out = run_cell(cfg, feature_cache=args.features)

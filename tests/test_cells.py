@@ -11,7 +11,9 @@ import pytest
 import yaml
 from conftest_data import build_mvtec
 
-from harness.cells import compute_cell_id, expand_cells, feature_jobs, method_axes, method_grid
+from funad.methods import method_class
+from funad.run import CellConfig
+from harness.cells import cell_id, compute_cell_id, expand_cells, feature_jobs, method_axes, method_grid
 from harness.spec import load_spec
 
 GOLDEN = dict(
@@ -49,33 +51,61 @@ def spec_file(tmp_path: Path, root: Path, **changes: Any) -> Path:
 
 def test_golden_cell_id() -> None:
     """The id is sha256 of sorted-key compact JSON; this value must never change."""
-    assert compute_cell_id(**GOLDEN) == "bdb32c9d346566db"
+    assert compute_cell_id(GOLDEN) == "bdb32c9d346566db"
     payload = {k: GOLDEN[k] for k in ("dataset", "category", "backbone", "method", "settings")}
     payload |= {"ratio": 0.1, "count": None, "overlap": False, "seed": 0}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == "bdb32c9d346566db"
 
 
+def golden_config(**changes: Any) -> CellConfig:
+    """A cell like GOLDEN as a typed config (settings filled by PatchCore's model), with changes."""
+    plain: dict[str, Any] = {
+        "dataset": GOLDEN["dataset"], "category": GOLDEN["category"], "backbone": GOLDEN["backbone"],
+        "method": "patchcore", "settings": {"coreset_ratio": 0.25, "map_sigma": 2.0}, "split": {"ratio": 0.1},
+        "seed": 0,
+    }
+    return CellConfig.build(**(plain | changes))
+
+
+def test_cell_id_from_the_typed_fields() -> None:
+    """cell_id hashes exactly the typed config's defining values: filled settings, the backbone with
+    its defaults, the split rule's values (ratio as a float), the seed."""
+    from funad.methods import default_settings
+
+    cfg = golden_config()
+    want = {
+        "dataset": GOLDEN["dataset"], "category": "bottle", "method": "patchcore", "seed": 0,
+        "settings": {**default_settings("patchcore"), "coreset_ratio": 0.25, "map_sigma": 2.0},
+        "backbone": {"name": "tf_efficientnet_lite0", "weights": "bundled", "resize": 256, "crop": 224,
+                     "layers": None, "mean": None, "std": None, "seed": 0},
+        "ratio": 0.1, "count": None, "overlap": False,
+    }
+    text = json.dumps(want, sort_keys=True, separators=(",", ":"))
+    assert cell_id(cfg) == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def test_cell_id_sensitivity() -> None:
-    base = compute_cell_id(**GOLDEN)
-    # key order and int-vs-float ratio do not matter
-    reordered = dict(GOLDEN, settings={"k": 1, "coreset_ratio": 0.1}, ratio=0.1)
-    assert compute_cell_id(**reordered) == base
-    assert compute_cell_id(**dict(GOLDEN, ratio=0)) == compute_cell_id(**dict(GOLDEN, ratio=0.0))
+    base = cell_id(golden_config())
+    # key order, int-vs-float ratio and explicit defaults do not matter
+    assert cell_id(golden_config(settings={"map_sigma": 2, "coreset_ratio": 0.25})) == base
+    assert cell_id(golden_config(split={"ratio": 0})) == cell_id(golden_config(split={"ratio": 0.0}))
+    assert cell_id(golden_config(split={"ratio": 0.1, "shortfall": "cap", "pool_order": "sorted"})) == base
+    assert cell_id(golden_config(eval_every=5, n_map_examples=0)) == base  # run knobs, not definitions
     for change in (
         {"seed": 1},
-        {"overlap": True},
-        {"ratio": 0.2},
-        {"ratio": None, "count": 10},
+        {"split": {"ratio": 0.1, "overlap": True}},
+        {"split": {"ratio": 0.2}},
+        {"split": {"count": 10}},
         {"category": "wood"},
-        {"method": "softpatch"},
-        {"settings": {"coreset_ratio": 0.2, "k": 1}},
+        {"method": "softpatch", "settings": {}},
+        {"settings": {"coreset_ratio": 0.2, "map_sigma": 2.0}},
         {"backbone": dict(GOLDEN["backbone"], crop=200)},
         {"dataset": {"kind": "mvtec", "root": "/other"}},
-        {"shortfall": "augment"},
-        {"min_test_anomalies": 3},
+        {"split": {"ratio": 0.1, "shortfall": "augment"}},
+        {"split": {"ratio": 0.1, "min_test_anomalies": 3}},
     ):
-        assert compute_cell_id(**(GOLDEN | change)) != base, change
+        assert cell_id(golden_config(**change)) != base, change
 
 
 def test_method_grid_axes() -> None:
@@ -100,16 +130,17 @@ def test_grid_size_and_hp(tmp_path: Path, root: Path) -> None:
     assert {tuple(sorted(c.hp)) for c in pc} == {("coreset_ratio", "reweight")}
     assert all(c.hp == {} for c in cells if c.config.method == "softpatch")
     c0 = pc[0]
-    assert c0.config.params == {"coreset_ratio": c0.hp["coreset_ratio"], "reweight": c0.hp["reweight"]}
+    assert (c0.config.settings.coreset_ratio, c0.config.settings.reweight) == (
+        c0.hp["coreset_ratio"], c0.hp["reweight"])
     assert c0.config.dataset == {"kind": "mvtec", "root": str(root)}
-    assert c0.config.backbone["resize"] == 64 and c0.config.backbone["name"] == "tf_efficientnet_lite0"
+    assert c0.config.backbone.resize == 64 and c0.config.backbone.name == "tf_efficientnet_lite0"
     assert {c.config.category for c in cells} == {"bottle", "wood"}
-    assert {c.config.ratio for c in cells} == {0.0, 0.1}
-    assert {c.config.overlap for c in cells} == {False, True}
+    assert {c.config.split.ratio for c in cells} == {0.0, 0.1}
+    assert {c.config.split.overlap for c in cells} == {False, True}
     jobs = feature_jobs(cells)
     assert len(jobs) == 2 and {j.category for j in jobs} == {"bottle", "wood"}
     dataset, category, backbone = jobs[0]  # also a plain 3-tuple
-    assert dataset["kind"] == "mvtec" and backbone["crop"] == 64
+    assert dataset["kind"] == "mvtec" and backbone.crop == 64
 
 
 def test_defaults_filled_hash_the_same(tmp_path: Path, root: Path) -> None:
@@ -144,17 +175,18 @@ def test_counts_instead_of_ratios(tmp_path: Path, root: Path) -> None:
     spec = load_spec(spec_file(tmp_path, root, contamination={"counts": [1, 2]}, methods={"softpatch": {}}))
     cells = expand_cells(spec)
     assert len(cells) == 2 * 2 * 3
-    assert {(c.config.ratio, c.config.count) for c in cells} == {(None, 1), (None, 2)}
+    assert {(c.config.split.ratio, c.config.split.count) for c in cells} == {(None, 1), (None, 2)}
 
 
 def test_launch_order_longest_first_then_id() -> None:
     """FUN-AD cells (by epochs, descending) start before the one-pass methods; ties by cell id."""
     from types import SimpleNamespace
 
-    from harness.cells import launch_order
+    from harness.progress import launch_order
 
     def cell(cid: str, method: str, **params: object) -> SimpleNamespace:
-        return SimpleNamespace(cell_id=cid, config=SimpleNamespace(method=method, params=params))
+        settings = method_class(method).Settings(**params)
+        return SimpleNamespace(cell_id=cid, config=SimpleNamespace(method=method, settings=settings))
 
     cells = [
         cell("a", "patchcore"),
@@ -192,13 +224,13 @@ def test_one_hash_rule_for_fields_added_later(path: str) -> None:
     id); any other value joins the hashed JSON, so the id is the sha256 of the payload with it."""
     from harness.cells import HASH_DEFAULTS
 
-    assert compute_cell_id(**_with(GOLDEN, path, HASH_DEFAULTS[path])) == "bdb32c9d346566db"
+    assert compute_cell_id(_with(GOLDEN, path, HASH_DEFAULTS[path])) == "bdb32c9d346566db"
     other = NON_DEFAULT[path]
     payload = {k: GOLDEN[k] for k in ("dataset", "category", "backbone", "method", "settings")}
     payload |= {"ratio": 0.1, "count": None, "overlap": False, "seed": 0}
     text = json.dumps(_with(payload, path, other), sort_keys=True, separators=(",", ":"))
     want = hashlib.sha256(text.encode()).hexdigest()[:16]
-    assert compute_cell_id(**_with(GOLDEN, path, other)) == want != "bdb32c9d346566db"
+    assert compute_cell_id(_with(GOLDEN, path, other)) == want != "bdb32c9d346566db"
 
 
 def test_explicit_defaults_in_the_spec_keep_the_ids(tmp_path: Path, root: Path) -> None:

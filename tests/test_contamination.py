@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from funad.data import DatasetError, ImageRecord
-from funad.data.contamination import Split, contaminate
+from funad.data.contamination import CategoryCounts, Split, SplitRule, contaminate
 
 
 def make_records(n_train: int = 100, n_good: int = 20, n_anom: int = 30, cat: str = "c") -> list[ImageRecord]:
@@ -249,3 +249,60 @@ def test_appended_pool_order_puts_the_clean_images_first_in_draw_order() -> None
 def test_unknown_definitions_are_named(name: str, value: str) -> None:
     with pytest.raises(DatasetError, match=f"unknown {name} '{value}'"):
         contaminate(make_records(), ratio=0.1, key="k", **{name: value})
+
+
+# ---- the split rule: one object for validation, the dry run, the trial and the estimate ------------
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("shortfall", ["cap", "augment"])
+@pytest.mark.parametrize(("ratio_of", "amount"), [("normal", {"ratio": 0.05}), ("normal", {"ratio": 0.25}),
+                                                  ("train", {"ratio": 0.3}), ("normal", {"count": 40}),
+                                                  ("normal", {"count": 0})])
+def test_amounts_are_what_the_draw_makes(overlap: bool, shortfall: str, ratio_of: str, amount: dict) -> None:
+    """SplitRule.amounts (counts only, no draw: the dry run and the GPU-hours estimate) against the split
+    the same rule draws from records with those counts."""
+    recs = make_records(n_train=100, n_good=20, n_anom=30)
+    rule = SplitRule(overlap=overlap, shortfall=shortfall, ratio_of=ratio_of, **amount)
+    got = rule.amounts(CategoryCounts.of(recs))
+    split = rule.draw(recs, seed=5, key="k")
+    assert (got.pool, got.test) == (len(split.train), len(split.test))
+    assert got.drawn + got.copies == split.n_injected
+    assert got.copies == sum("#aug" in i for i in split.injected_ids)
+    assert got.shortfall_applied == split.shortfall_applied
+    assert got.achieved_ratio == pytest.approx(split.achieved_ratio)
+    assert got.spare == rule.capacity(CategoryCounts.of(recs))
+
+
+def test_amounts_refuse_like_the_draw() -> None:
+    recs = make_records(n_train=100, n_anom=30)
+    rule = SplitRule(ratio=0.25, shortfall="error")  # 25 wanted, 30 - 10 = 20 can be spared
+    with pytest.raises(DatasetError, match="shortfall policy 'error'"):
+        rule.amounts(CategoryCounts.of(recs))
+    with pytest.raises(DatasetError, match="shortfall policy 'error'"):
+        rule.draw(recs, seed=0, key="k")
+
+
+def test_a_dataset_with_its_own_noisy_split_takes_no_injection() -> None:
+    """Anomalous training records (a Real-IAD FUIAD JSON): used as they are at ratio 0, refused otherwise."""
+    recs = make_records(n_train=10)
+    noisy = [*recs, ImageRecord("c/train/ng/000.png", Path("/n/0"), 1, "train", "c", "ng")]
+    split, source = SplitRule(ratio=0.0).split(noisy, seed=0, kind="realiad", category="c")
+    assert source == "dataset:realiad" and split.injected_ids == ["c/train/ng/000.png"]
+    assert split.n_train_normal == 10 and split.source == "dataset"
+    with pytest.raises(DatasetError, match="realiad/c: this split already holds anomalous training images"):
+        SplitRule(count=2).split(noisy, seed=0, kind="realiad", category="c")
+    assert SplitRule(count=2).own_split_problem() is not None
+    assert SplitRule(count=0).own_split_problem() is None
+    # a clean category is drawn, with the RNG keyed by kind/category
+    split, source = SplitRule(count=2).split(recs, seed=3, kind="mvtec", category="c")
+    assert source == "drawn"
+    assert split.injected_ids == contaminate(recs, count=2, seed=3, key="mvtec/c").injected_ids
+
+
+def test_the_rule_records_itself_once() -> None:
+    """What the cell id hashes and what the row records come from the rule's own fields."""
+    rule = SplitRule(ratio=0, overlap=True, min_test_anomalies=3, split_list="/l.csv", split_list_sha256="ab")
+    assert rule.defining_values() == {"ratio": 0.0, "count": None, "overlap": True, "shortfall": "cap",
+                                      "min_test_anomalies": 3, "source": "anomalies", "ratio_of": "normal",
+                                      "pool_order": "sorted", "split_list_sha256": "ab"}
+    row = rule.row_values()
+    assert row["contamination_source"] == "list" and row["split_list"] == "/l.csv" and row["ratio"] == 0.0

@@ -468,10 +468,10 @@ def test_border_context_rules() -> None:
         from funad.backbones import context_cells
 
         context_cells(88, 64, 11)  # 12 px margins on a stride-8 map: 1.5 cells
-    from harness.cells import backbone_dict
+    from harness.cells import backbone_json
 
-    assert "border_context" not in backbone_dict({"name": "tf_efficientnet_lite0"})
-    assert backbone_dict({"name": "tf_efficientnet_lite0", "border_context": True})["border_context"] is True
+    assert "border_context" not in backbone_json(BackboneConfig(name="tf_efficientnet_lite0"))
+    assert backbone_json(BackboneConfig(name="tf_efficientnet_lite0", border_context=True))["border_context"]
 
 
 def test_splits_read_the_category_pack_through_row_lists(photos: list[ImageRecord], tmp_path: Path) -> None:

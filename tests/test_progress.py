@@ -17,7 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from harness import progress as P
+from harness.progress import (
+    STALE_AFTER_S,
+    CellInfo,
+    CostModel,
+    LiveWriter,
+    PlainView,
+    Snapshot,
+    Tracker,
+    live_is_current,
+    plain_line,
+    read_live,
+    schedule_eta,
+)
 
 
 class Clock:
@@ -28,35 +40,35 @@ class Clock:
         return self.t
 
 
-def _cells(n_funad: int, n_pc: int, epochs: int = 10) -> list[P.CellInfo]:
-    cells = [P.CellInfo(f"f{i}", "funad", "mvtec", f"cat{i % 2}", units=epochs, epochs=epochs, label=f"f{i}")
+def _cells(n_funad: int, n_pc: int, epochs: int = 10) -> list[CellInfo]:
+    cells = [CellInfo(f"f{i}", "funad", "mvtec", f"cat{i % 2}", units=epochs, epochs=epochs, label=f"f{i}")
              for i in range(n_funad)]
-    cells += [P.CellInfo(f"p{i}", "patchcore", "mvtec", f"cat{i % 2}", label=f"p{i}") for i in range(n_pc)]
+    cells += [CellInfo(f"p{i}", "patchcore", "mvtec", f"cat{i % 2}", label=f"p{i}") for i in range(n_pc)]
     return cells
 
 
 def test_schedule_eta_is_the_list_scheduling_makespan() -> None:
     # two slots, running cells with 5 s and 1 s left; pending 4, 4, 2 in launch order:
     # slot B (1) takes 4 -> 5; slot A (5) and B (5) tie: A takes 4 -> 9; B takes 2 -> 7; makespan 9
-    assert P.schedule_eta([5.0, 1.0], [4.0, 4.0, 2.0], slots=2) == 9.0
-    assert P.schedule_eta([], [3.0, 3.0, 3.0], slots=3) == 3.0
-    assert P.schedule_eta([2.0], [None], slots=1) is None
-    assert P.schedule_eta([], [], slots=4) == 0.0
+    assert schedule_eta([5.0, 1.0], [4.0, 4.0, 2.0], slots=2) == 9.0
+    assert schedule_eta([], [3.0, 3.0, 3.0], slots=3) == 3.0
+    assert schedule_eta([2.0], [None], slots=1) is None
+    assert schedule_eta([], [], slots=4) == 0.0
 
 
 def test_cost_model_learns_per_method_dataset_scaled_by_units_and_pool() -> None:
-    m = P.CostModel()
-    f = P.CellInfo("a", "funad", "mvtec", "bottle", units=100)
-    g = P.CellInfo("b", "funad", "mvtec", "cable", units=50)
+    m = CostModel()
+    f = CellInfo("a", "funad", "mvtec", "bottle", units=100)
+    g = CellInfo("b", "funad", "mvtec", "cable", units=50)
     assert m.predict(f) is None
     m.observe(f, wall_s=200.0, pool=20)  # 0.1 s per (epoch x image)
     assert m.predict(f) == pytest.approx(200.0)
     assert m.predict(g) == pytest.approx(0.1 * 50 * 20)  # cable's pool unknown: the dataset's mean
     m.observe(g, wall_s=150.0, pool=30)  # 0.1 again
-    assert m.predict(P.CellInfo("c", "funad", "mvtec", "cable", units=10)) == pytest.approx(0.1 * 10 * 30)
+    assert m.predict(CellInfo("c", "funad", "mvtec", "cable", units=10)) == pytest.approx(0.1 * 10 * 30)
     # another dataset falls back to the method's rate, another method to every rate
-    assert m.predict(P.CellInfo("d", "funad", "visa", "candle", units=1)) == pytest.approx(0.1 * 25)
-    assert m.predict(P.CellInfo("e", "patchcore", "visa", "candle")) == pytest.approx(0.1 * 25)
+    assert m.predict(CellInfo("d", "funad", "visa", "candle", units=1)) == pytest.approx(0.1 * 25)
+    assert m.predict(CellInfo("e", "patchcore", "visa", "candle")) == pytest.approx(0.1 * 25)
 
 
 def test_tracker_eta_on_a_synthetic_sequence_of_finish_times() -> None:
@@ -64,7 +76,7 @@ def test_tracker_eta_on_a_synthetic_sequence_of_finish_times() -> None:
     2 slots; after the first cells finish the ETA must equal the true remaining makespan."""
     clock = Clock()
     cells = _cells(4, 4)
-    t = P.Tracker(cells, slots=2, clock=clock)
+    t = Tracker(cells, slots=2, clock=clock)
     assert t.snapshot().eta_s is None  # nothing learnt, nothing running
     t.start("f0")
     t.start("f1")
@@ -102,12 +114,12 @@ def test_tracker_eta_on_a_synthetic_sequence_of_finish_times() -> None:
 
 
 def test_plain_line_has_every_fact_and_no_control_characters() -> None:
-    s = P.Snapshot(total=10, ok=3, failed=1, pending=4, elapsed_s=125.0, eta_s=3700.0,
+    s = Snapshot(total=10, ok=3, failed=1, pending=4, elapsed_s=125.0, eta_s=3700.0,
                    running=[{"cell_id": "x", "label": "funad/brick", "epoch": 7, "epochs": 50,
                              "elapsed_s": 3.0},
                             {"cell_id": "y", "label": "patchcore/grass", "epoch": None, "epochs": None,
                              "elapsed_s": 1.0}])
-    line = P.plain_line(s)
+    line = plain_line(s)
     assert line == ("progress: 4/10 done (3 ok, 1 failed), 2 running, 4 pending, elapsed 2m05s, eta 1h01m"
                     " | running: funad/brick 7/50, patchcore/grass")
     assert not any(ch in line for ch in "\r\x1b\n")
@@ -115,8 +127,8 @@ def test_plain_line_has_every_fact_and_no_control_characters() -> None:
 
 def test_plain_view_prints_every_interval_only() -> None:
     clock, buf = Clock(), io.StringIO()
-    view = P.PlainView(buf, interval=10.0, clock=clock)
-    snap = P.Snapshot(total=1, ok=0, failed=0, running=[], pending=1, elapsed_s=0.0, eta_s=None)
+    view = PlainView(buf, interval=10.0, clock=clock)
+    snap = Snapshot(total=1, ok=0, failed=0, running=[], pending=1, elapsed_s=0.0, eta_s=None)
     view.update(snap)
     clock.t = 5.0
     view.update(snap)
@@ -128,31 +140,31 @@ def test_plain_view_prints_every_interval_only() -> None:
 
 def test_live_state_round_trip_and_staleness(tmp_path: Path) -> None:
     clock = Clock()
-    writer = P.LiveWriter(tmp_path, command="python -m harness.sweep x.yaml", interval=30.0, clock=clock)
-    snap = P.Snapshot(total=2, ok=1, failed=0, pending=0, elapsed_s=1.0, eta_s=4.0,
+    writer = LiveWriter(tmp_path, command="python -m harness.sweep x.yaml", interval=30.0, clock=clock)
+    snap = Snapshot(total=2, ok=1, failed=0, pending=0, elapsed_s=1.0, eta_s=4.0,
                       running=[{"cell_id": "a", "label": "a", "epoch": 1, "epochs": 2, "elapsed_s": 1.0}])
     writer.write(snap)
-    live = P.read_live(tmp_path)
+    live = read_live(tmp_path)
     assert live["state"] == "running" and live["ok"] == 1 and live["running"][0]["cell_id"] == "a"
     assert live["command"] == "python -m harness.sweep x.yaml" and live["pid"] == os.getpid()
-    assert P.live_is_current(live)
-    later = datetime.now(UTC) + timedelta(seconds=3 * 30 + P.STALE_AFTER_S + 5)
-    assert not P.live_is_current(live, now=later)  # a driver that stopped rewriting it
-    assert not P.live_is_current(dict(live, pid=2**22 + 12345))  # same host, the process is gone
+    assert live_is_current(live)
+    later = datetime.now(UTC) + timedelta(seconds=3 * 30 + STALE_AFTER_S + 5)
+    assert not live_is_current(live, now=later)  # a driver that stopped rewriting it
+    assert not live_is_current(dict(live, pid=2**22 + 12345))  # same host, the process is gone
     writer.write(snap, state="finished", force=True)
-    assert not P.live_is_current(P.read_live(tmp_path))
+    assert not live_is_current(read_live(tmp_path))
     assert not list(tmp_path.glob("*.tmp"))
     (tmp_path / "live.json").write_text("{torn")
-    assert P.read_live(tmp_path) is None
+    assert read_live(tmp_path) is None
 
 
 _VIEW_SCRIPT = """
 import sys, time
-from harness import progress as P
-cells = [P.CellInfo("a", "funad", "synthetic", "brick", units=4, epochs=4, label="funad/brick"),
-         P.CellInfo("b", "patchcore", "synthetic", "brick", label="patchcore/brick")]
-t = P.Tracker(cells, slots=2)
-view = P.make_view(sys.stdout, total=2, interval=0.0)
+from harness.progress import CellInfo, Tracker, make_view
+cells = [CellInfo("a", "funad", "synthetic", "brick", units=4, epochs=4, label="funad/brick"),
+         CellInfo("b", "patchcore", "synthetic", "brick", label="patchcore/brick")]
+t = Tracker(cells, slots=2)
+view = make_view(sys.stdout, total=2, interval=0.0)
 t.start("a"); t.start("b"); t.epoch("a", 2)
 view.update(t.snapshot())
 t.finish("b", ok=True, wall_s=1.0, pool=3)

@@ -317,12 +317,12 @@ def _cell(cell_id: str, method: str, hp: dict):
     from funad.run import CellConfig
     from harness.cells import Cell
 
-    cfg = CellConfig(
+    cfg = CellConfig.build(
         dataset={"kind": "synthetic", "root": None}, category="brick",
         backbone={"name": "tf_efficientnet_lite0", "weights": "bundled", "resize": 64, "crop": 64},
-        method=method, params=dict(hp), ratio=0.1, seed=1,
+        method=method, settings=dict(hp), split={"ratio": 0.1}, seed=1,
     )
-    return Cell(cell_id, cfg, hp)
+    return Cell(cell_id, cfg, tuple(hp))
 
 
 def _write(run_dir: Path, methods: dict, cell_id: str, method: str, hp: dict, history: list[dict]) -> None:

@@ -255,8 +255,9 @@ def test_undecodable_image_stops_the_sweep_before_any_trial(tmp_path: Path) -> N
 def _cell(root: Path, method: str = "patchcore", params: dict | None = None):
     from funad.run import CellConfig
 
-    return CellConfig(dataset={"kind": "mvtec", "root": str(root)}, category="bottle", backbone=TINY_BACKBONE,
-                      method=method, params={"coreset_ratio": 0.5} if params is None else params)
+    return CellConfig.build(dataset={"kind": "mvtec", "root": str(root)}, category="bottle",
+                            backbone=TINY_BACKBONE, method=method,
+                            settings={"coreset_ratio": 0.5} if params is None else params)
 
 
 def _ok_row(cfg, outcome) -> dict:
@@ -459,9 +460,9 @@ def test_broken_weights_file_fails_naming_an_image(tmp_path: Path, one_thread: N
     weights = tmp_path / "broken.pth"
     torch.save(sd, weights)
     root = build_mvtec(tmp_path / "mvtec", {"bottle": {"broken": 2}}, n_train=4, n_good=2)
-    cfg = CellConfig(dataset={"kind": "mvtec", "root": str(root)}, category="bottle",
+    cfg = CellConfig.build(dataset={"kind": "mvtec", "root": str(root)}, category="bottle",
                      backbone={**TINY_BACKBONE, "weights": str(weights)}, method="patchcore",
-                     params={"coreset_ratio": 0.5})
+                     settings={"coreset_ratio": 0.5})
     with pytest.raises(ValueError) as info:
         run_cell(cfg, feature_cache=tmp_path / "features")
     message = str(info.value)

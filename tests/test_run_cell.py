@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest_data import build_mvtec
 
+from funad.data.contamination import SplitRule
 from funad.run import METRIC_KEYS, CellConfig, pick_examples, run_cell
 
 BACKBONE = {"name": "tf_efficientnet_lite0", "weights": "bundled", "resize": 64, "crop": 64}
@@ -38,13 +39,13 @@ def test_pick_examples() -> None:
 
 
 def test_patchcore_cell(tree: Path, cache: Path) -> None:
-    cfg = CellConfig(
+    cfg = CellConfig.build(
         dataset={"kind": "mvtec", "root": str(tree)},
         category="bottle",
         backbone=BACKBONE,
         method="patchcore",
-        params={"coreset_ratio": 0.5},
-        ratio=0.25,
+        settings={"coreset_ratio": 0.5},
+        split={"ratio": 0.25},
         seed=3,
         n_map_examples=1,
     )
@@ -78,19 +79,20 @@ def test_patchcore_cell(tree: Path, cache: Path) -> None:
 
     # another split of the category (new seed and ratio) reads the same category pack: the cache
     # holds one pack for bottle, not one per split
-    other = run_cell(dataclasses.replace(cfg, seed=4, ratio=0.1), feature_cache=cache, device="cpu")
+    other = run_cell(dataclasses.replace(cfg, seed=4, split=SplitRule(ratio=0.1)), feature_cache=cache,
+                     device="cpu")
     assert other.split.injected_ids != s.injected_ids
     assert len(list(cache.glob("*/packs/*.npy"))) == 1
 
 
 def test_funad_cell_with_oracle_evaluation(tree: Path, cache: Path) -> None:
-    cfg = CellConfig(
+    cfg = CellConfig.build(
         dataset={"kind": "mvtec", "root": str(tree)},
         category="bottle",
         backbone=BACKBONE,
         method="funad",
-        params={"epochs": 2, "batch_size": 4},
-        ratio=0.0,
+        settings={"epochs": 2, "batch_size": 4},
+        split={"ratio": 0.0},
         eval_every=1,
         n_map_examples=0,
     )
@@ -115,8 +117,8 @@ def test_a_cell_reports_only_its_own_use_of_the_native_kernels(
     native.reset()
     native.usable(torch.zeros(2, 2))  # the earlier cell asked for the kernels
     assert native.status() == "off"
-    cfg = CellConfig(dataset={"kind": "mvtec", "root": str(tree)}, category="bottle", backbone=BACKBONE,
-                     method="patchcore", params={"coreset_ratio": 0.5, "knn_backend": "faiss"}, seed=0)
+    cfg = CellConfig.build(dataset={"kind": "mvtec", "root": str(tree)}, category="bottle", backbone=BACKBONE,
+                     method="patchcore", settings={"coreset_ratio": 0.5, "knn_backend": "faiss"}, seed=0)
     run_cell(cfg, feature_cache=cache, device="cpu")
     assert native.status() is None  # this cell's searches (faiss) never asked
     native.reset()

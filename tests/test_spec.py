@@ -263,3 +263,23 @@ def test_smoke_sweep_is_valid() -> None:
     assert spec.name == "smoke" and spec.datasets[0].kind == "synthetic"
     assert set(spec.methods) == {"funad", "patchcore", "softpatch"}
     assert spec.contamination.ratios == [0.0, 0.1] and spec.seeds == [0, 1]
+
+
+def test_a_dataset_with_its_own_noisy_split_refuses_injection(tmp_path: Path, capsys) -> None:
+    """A Real-IAD FUIAD split already holds anomalous training images: asking it for injected images
+    on top is one problem naming the dataset and its categories (exit 2 before Ray); ratio 0 is fine."""
+    from fixtures_datasets import REALIAD_CLASSES, build_realiad, build_realiad_fuiad
+
+    from harness.sweep import main
+
+    root = build_realiad_fuiad(build_realiad(tmp_path / "realiad"))
+    fuiad = {"kind": "realiad", "root": str(root), "split": "realiad_jsons_fuiad_0.2"}
+    data = base(root) | {"datasets": [fuiad]}
+    path = write(tmp_path, data)
+    problem = one_problem(path, "datasets[0]", "this split already holds anomalous training images",
+                          "inject nothing more", *REALIAD_CLASSES)
+    assert "ratio 0" in problem
+    assert main([str(path), "--dry-run"]) == 2
+    assert "already holds anomalous training images" in capsys.readouterr().err
+    fine = write(tmp_path, data | {"contamination": {"ratios": [0.0]}}, name="fine.yaml")
+    assert load_spec(fine).contamination.ratios == [0.0]

@@ -70,16 +70,16 @@ T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def make_cell(cell_id: str, method: str, hp: dict) -> Cell:
-    cfg = CellConfig(
+    cfg = CellConfig.build(
         dataset={"kind": "synthetic", "root": None},
         category="brick",
         backbone={"name": "tf_efficientnet_lite0", "weights": "bundled", "resize": 64, "crop": 64},
         method=method,
-        params=dict(hp),
-        ratio=0.1,
+        settings=dict(hp),
+        split={"ratio": 0.1},
         seed=1,
     )
-    return Cell(cell_id, cfg, hp)
+    return Cell(cell_id, cfg, tuple(hp))
 
 
 def make_outcome(method: str, pixel: bool = True) -> CellOutcome:

@@ -145,8 +145,8 @@ def test_feature_jobs_are_deduplicated() -> None:
     from harness.cells import Cell, feature_jobs
 
     def cell(category: str, method: str, seed: int) -> Cell:
-        cfg = CellConfig(dataset={"kind": "mvtec", "root": "/d"}, category=category, backbone={"name": "x"},
-                         method=method, seed=seed)
+        cfg = CellConfig.build(dataset={"kind": "mvtec", "root": "/d"}, category=category,
+                               backbone={"name": "x"}, method=method, seed=seed)
         return Cell(f"{category}-{method}-{seed}", cfg)
 
     cells = [cell("bottle", "patchcore", 0), cell("wood", "patchcore", 0), cell("bottle", "softpatch", 1)]

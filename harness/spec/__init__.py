@@ -71,14 +71,16 @@ def load_spec(
             problems += check_dataset(ds, i, src, check_data, data_cache)
     problems += check_backbone(data.get("backbone"), src)
     raw_methods = data.get("methods")
+    points = {}
     if isinstance(raw_methods, dict):
         for name, settings in raw_methods.items():
-            problems += check_method(str(name), {} if settings is None else settings, src)
+            found, points[str(name)] = check_method(str(name), {} if settings is None else settings, src)
+            problems += found
 
     if spec is not None and check_data and not problems:
         problems += check_contamination(spec, src)
 
-    if problems:
+    if problems or spec is None:
         raise SpecError(list(dict.fromkeys(problems)))
-    assert spec is not None
+    spec.set_method_points(points)
     return spec

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from funad import paths
 from funad.backbones import BackboneConfig
@@ -158,6 +158,9 @@ class SweepSpec(_Strict):
     #: a cache root like $FUNAD_CACHE: built-in datasets are generated under <data_cache>/data
     data_cache: str | None = None
 
+    #: (the methods these points were built from, each method's validated grid points)
+    _points: tuple[str, dict[str, list[Any]]] | None = PrivateAttr(default=None)
+
     @field_validator("storage", "feature_cache", "data_cache")
     @classmethod
     def _a_path(cls, v: str | None) -> str | None:
@@ -180,6 +183,28 @@ class SweepSpec(_Strict):
         if isinstance(v, dict):
             return {k: ({} if s is None else s) for k, s in v.items()}
         return v
+
+    def method_points(self) -> dict[str, list[Any]]:
+        """Each method's grid points (harness.cells.MethodPoint: validated Settings + swept names).
+
+        Built once: by `load_spec`'s validation (which reports every bad point as a problem), or here
+        on first use for a spec made in code; rebuilt only if `methods` changed since."""
+        key = json.dumps(self.methods, sort_keys=True, default=str)
+        if self._points is None or self._points[0] != key:
+            from harness.cells import method_points
+
+            built: dict[str, list[Any]] = {}
+            for name, raw in self.methods.items():
+                points, errors = method_points(name, dict(raw))
+                if errors:
+                    raise errors[0]
+                built[name] = points
+            self._points = (key, built)
+        return self._points[1]
+
+    def set_method_points(self, points: dict[str, list[Any]]) -> None:
+        """Keep the points validation built (load_spec), so nothing validates them again."""
+        self._points = (json.dumps(self.methods, sort_keys=True, default=str), dict(points))
 
     def resolved(self) -> dict[str, Any]:
         """Plain dict with every default filled in: what the run directory's sweep.yaml records."""

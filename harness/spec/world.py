@@ -11,20 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import timm
-from pydantic import ValidationError
 
 from funad.backbones import WEIGHT_KINDS
 from funad.data import DATASET_KINDS, KINDS, create_dataset
+from funad.data.contamination import has_own_noisy_split
 from funad.data.splits import check_list, list_path, read_split_list
 from funad.methods import available, method_class
 from funad.methods.plugins import PluginError
-from harness.cells import list_valued_settings, method_grid
+from harness.cells import MethodPoint, list_valued_settings, method_points, split_rules
 from harness.spec.errors import pydantic_problems
 from harness.spec.models import DatasetSpec, SweepSpec, no_duplicates
 from harness.spec.overrides import has_unset_env
-
-#: at most this many grid points of one method are validated one by one
-MAX_VALIDATED_POINTS = 4096
 
 
 def check_dataset(ds: DatasetSpec, i: int, src: str, check_data: bool, data_cache: Path | None) -> list[str]:
@@ -110,16 +107,20 @@ def check_backbone(raw: Any, src: str) -> list[str]:
     return out
 
 
-def check_method(name: str, settings: Any, src: str) -> list[str]:
+def check_method(name: str, settings: Any, src: str) -> tuple[list[str], list[MethodPoint]]:
+    """A method's name and every grid point of its settings: (problems, the validated points).
+
+    The points' Settings instances are the cells' (load_spec keeps them on the spec), so a method
+    setting is validated here and nowhere else."""
     where = f"{src}: methods.{name}"
     try:
         names = available()
     except PluginError as e:  # an installed method plugin is broken: its message names it
-        return [f"{src}: methods: {e}"]
+        return [f"{src}: methods: {e}"], []
     if name not in names:
-        return [f"{where}: unknown method {name!r} (allowed: {', '.join(names)})"]
+        return [f"{where}: unknown method {name!r} (allowed: {', '.join(names)})"], []
     if not isinstance(settings, dict):
-        return []  # the structural pass reports the type
+        return [], []  # the structural pass reports the type
     out = []
     lv = list_valued_settings(name)
     for key, value in settings.items():
@@ -132,17 +133,15 @@ def check_method(name: str, settings: Any, src: str) -> list[str]:
                 except ValueError as e:
                     out.append(f"{where}.{key}: {e}")
     if out:
-        return out
+        return out, []
     settings_cls = method_class(name).Settings
+    points, errors = method_points(name, settings)
     seen: list[str] = []
-    for params, _hp in itertools.islice(method_grid(name, settings), MAX_VALIDATED_POINTS):
-        try:
-            settings_cls(**params)
-        except ValidationError as e:
-            for p in pydantic_problems(e, src, settings_cls, ("methods", name)):
-                if p not in seen:
-                    seen.append(p)
-    return seen
+    for e in errors:
+        for p in pydantic_problems(e, src, settings_cls, ("methods", name)):
+            if p not in seen:
+                seen.append(p)
+    return seen, points
 
 
 def check_contamination(spec: SweepSpec, src: str) -> list[str]:
@@ -163,12 +162,12 @@ def check_contamination(spec: SweepSpec, src: str) -> list[str]:
             records = {cat: dataset.records(cat) for cat in categories}
         except Exception:  # check_dataset reported it
             continue
-        own = [cat for cat, recs in records.items() if any(r.split == "train" and r.label for r in recs)]
-        if own and c.lists is None and any((r or 0) != 0 or (n or 0) != 0 for r, n in amounts):
-            out.append(f"{where}: categories {', '.join(own)} come with their own noisy training set "
-                       "(anomalous training images); inject nothing more (allowed: ratios [0] or counts [0], "
-                       "or a list)")
         if c.lists is None:
+            own = [cat for cat, recs in records.items() if has_own_noisy_split(recs)]
+            problem = next((p for rule, _ in split_rules(spec, ds.kind) if (p := rule.own_split_problem())),
+                           None)
+            if own and problem is not None:
+                out.append(f"{where}: categories {', '.join(own)}: {problem}")
             continue
         for (ratio, count), seed in itertools.product(amounts, spec.seeds):
             try:
