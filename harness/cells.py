@@ -246,8 +246,8 @@ def expand_cells(spec: SweepSpec, *, data_cache: Path | None = None) -> list[Cel
         dataset = _dataset_dict(ds)
         rules = split_rules(spec, ds.kind)
         for category in open_dataset(dataset, data_cache).resolve_categories(ds.categories):
-            for method in spec.methods:
-                for point in points[method]:
+            for method, method_grid_points in points.items():
+                for point in method_grid_points:
                     for rule, seed in rules:
                         cfg = CellConfig(
                             dataset=dataset, category=category, backbone=spec.backbone, method=method,

@@ -395,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out(f"removed {len(leftovers)} temp file(s) that an earlier killed writer left in {plan.run_dir}")
         # A grown spec (new method, new swept setting): existing files get the new columns first,
         # so `pandas.read_parquet(run/"results")` keeps reading every column of every file.
-        plan.methods = unify_run_schema(plan.run_dir, spec.resolved()["methods"], log=out)
+        plan.methods = unify_run_schema(plan.run_dir, spec.concrete_methods(), log=out)
         store = RunStore(plan.run_dir, methods=plan.methods)
         store.write_spec(spec.resolved())
         store.write_plan(cells)

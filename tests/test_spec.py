@@ -283,3 +283,34 @@ def test_a_dataset_with_its_own_noisy_split_refuses_injection(tmp_path: Path, ca
     assert "already holds anomalous training images" in capsys.readouterr().err
     fine = write(tmp_path, data | {"contamination": {"ratios": [0.0]}}, name="fine.yaml")
     assert load_spec(fine).contamination.ratios == [0.0]
+
+
+def test_a_method_family_expands_into_its_members(tmp_path: Path, mvtec_root: Path, monkeypatch) -> None:
+    """One sweep-file entry standing for several methods (as `anomalib: {model: [...]}` does): each member
+    is its own method in the grid, checked by its own Settings; an unknown member is one problem."""
+    import funad.methods as registry
+    from funad.methods import FamilyError
+    from harness.cells import expand_cells
+
+    def expand(settings: dict) -> list[tuple[str, dict]]:
+        models = settings.pop("model")
+        models = models if isinstance(models, list) else [models]
+        for m in models:
+            if m not in ("patchcore", "softpatch"):
+                raise FamilyError("model", f"unknown model {m!r} (allowed: patchcore, softpatch)")
+        return [(m, dict(settings)) for m in models]
+
+    registry.available()  # built-ins loaded before the family is added
+    monkeypatch.setitem(registry._FAMILIES, "both", expand)
+    both = {"model": ["patchcore", "softpatch"], "map_sigma": [1.0, 2.0]}
+    data = base(mvtec_root) | {"methods": {"both": both}}
+    spec = load_spec(write(tmp_path, data))
+    assert list(spec.concrete_methods()) == ["patchcore", "softpatch"]
+    cells = expand_cells(spec)
+    assert {c.config.method for c in cells} == {"patchcore", "softpatch"}
+    assert {c.hp["map_sigma"] for c in cells} == {1.0, 2.0} and all(set(c.hp) == {"map_sigma"} for c in cells)
+    bad = write(tmp_path, data | {"methods": {"both": {"model": ["patchcore", "nope"]}}}, name="bad.yaml")
+    one_problem(bad, "methods.both.model", "unknown model 'nope'", "allowed: patchcore, softpatch")
+    negative = {"both": {"model": "softpatch", "map_sigma": -1}}
+    wrong = write(tmp_path, data | {"methods": negative}, name="w.yaml")
+    one_problem(wrong, "methods.both.map_sigma")

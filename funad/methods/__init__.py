@@ -6,11 +6,15 @@ through the entry-point group `funad_bench.methods` (see `plugins.py` and docs/m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from funad.methods.base import FitContext, Method, MethodSettings, Scores
 
 _REGISTRY: dict[str, type[Method]] = {}
+#: families: one sweep-file entry standing for several methods (anomalib: {model: [Padim, Stfpm]} is the
+#: methods anomalib.padim and anomalib.stfpm); name -> expand(settings) -> [(method name, its settings)]
+_FAMILIES: dict[str, Callable[[dict[str, Any]], list[tuple[str, dict[str, Any]]]]] = {}
 #: names of the built-in methods, once loaded (a plugin may not take one)
 _BUILTIN: set[str] = set()
 _plugins_loaded = False
@@ -22,6 +26,34 @@ def register(cls: type[Method]) -> type[Method]:
         raise ValueError(f"{cls.__qualname__} has no name")
     _REGISTRY[cls.name] = cls
     return cls
+
+
+class FamilyError(ValueError):
+    """A family entry that cannot be expanded (an unknown member, a missing extra): `key` names the
+    setting at fault (e.g. "model"), the message says what is allowed."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def register_family(name: str, expand: Callable[[dict[str, Any]], list[tuple[str, dict[str, Any]]]]) -> None:
+    """Make `name` a sweep-file entry that expands into several registered methods."""
+    _FAMILIES[name] = expand
+
+
+def families() -> list[str]:
+    _load()
+    return sorted(_FAMILIES)
+
+
+def expand_method(name: str, settings: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A sweep file's method entry -> (method name, settings) for each method it stands for: a family
+    expands (FamilyError when it cannot), any other name is itself."""
+    _load()
+    if name in _FAMILIES:
+        return _FAMILIES[name](dict(settings))
+    return [(name, dict(settings))]
 
 
 def _load_builtin() -> None:
@@ -69,6 +101,7 @@ def default_settings(name: str) -> dict[str, Any]:
 
 
 __all__ = [
+    "FamilyError",
     "FitContext",
     "Method",
     "MethodSettings",
@@ -76,6 +109,9 @@ __all__ = [
     "available",
     "create_method",
     "default_settings",
+    "expand_method",
+    "families",
     "method_class",
     "register",
+    "register_family",
 ]

@@ -74,8 +74,9 @@ def load_spec(
     points = {}
     if isinstance(raw_methods, dict):
         for name, settings in raw_methods.items():
-            found, points[str(name)] = check_method(str(name), {} if settings is None else settings, src)
+            found, members = check_method(str(name), {} if settings is None else settings, src)
             problems += found
+            points.update(members)
 
     if spec is not None and check_data and not problems:
         problems += check_contamination(spec, src)

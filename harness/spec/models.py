@@ -184,6 +184,13 @@ class SweepSpec(_Strict):
             return {k: ({} if s is None else s) for k, s in v.items()}
         return v
 
+    def concrete_methods(self) -> dict[str, dict[str, Any]]:
+        """`methods` with every family entry expanded: method name -> its settings as given (a list is
+        a grid axis). What the grid, the run's schema and the report see."""
+        from funad.methods import expand_method
+
+        return {m: raw for name, settings in self.methods.items() for m, raw in expand_method(name, settings)}
+
     def method_points(self) -> dict[str, list[Any]]:
         """Each method's grid points (harness.cells.MethodPoint: validated Settings + swept names).
 
@@ -194,8 +201,8 @@ class SweepSpec(_Strict):
             from harness.cells import method_points
 
             built: dict[str, list[Any]] = {}
-            for name, raw in self.methods.items():
-                points, errors = method_points(name, dict(raw))
+            for name, raw in self.concrete_methods().items():
+                points, errors = method_points(name, raw)
                 if errors:
                     raise errors[0]
                 built[name] = points

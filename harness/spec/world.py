@@ -16,7 +16,7 @@ from funad.backbones import WEIGHT_KINDS
 from funad.data import DATASET_KINDS, KINDS, create_dataset
 from funad.data.contamination import has_own_noisy_split
 from funad.data.splits import check_list, list_path, read_split_list
-from funad.methods import available, method_class
+from funad.methods import FamilyError, available, expand_method, families, method_class
 from funad.methods.plugins import PluginError
 from harness.cells import MethodPoint, list_valued_settings, method_points, split_rules
 from harness.spec.errors import pydantic_problems
@@ -107,22 +107,37 @@ def check_backbone(raw: Any, src: str) -> list[str]:
     return out
 
 
-def check_method(name: str, settings: Any, src: str) -> tuple[list[str], list[MethodPoint]]:
-    """A method's name and every grid point of its settings: (problems, the validated points).
-
-    The points' Settings instances are the cells' (load_spec keeps them on the spec), so a method
-    setting is validated here and nowhere else."""
+def check_method(name: str, settings: Any, src: str) -> tuple[list[str], dict[str, list[MethodPoint]]]:
+    """A sweep file's method entry and every grid point of its settings: (problems, each method's
+    validated points). A family entry (e.g. `anomalib: {model: [Padim, Stfpm]}`) is checked member by
+    member. The points' Settings instances are the cells' (load_spec keeps them on the spec), so a
+    method setting is validated here and nowhere else."""
     where = f"{src}: methods.{name}"
     try:
-        names = available()
+        names, groups = available(), families()
     except PluginError as e:  # an installed method plugin is broken: its message names it
-        return [f"{src}: methods: {e}"], []
-    if name not in names:
-        return [f"{where}: unknown method {name!r} (allowed: {', '.join(names)})"], []
+        return [f"{src}: methods: {e}"], {}
+    if name not in names and name not in groups:
+        return [f"{where}: unknown method {name!r} (allowed: {', '.join(sorted(names + groups))})"], {}
     if not isinstance(settings, dict):
-        return [], []  # the structural pass reports the type
+        return [], {}  # the structural pass reports the type
+    try:
+        members = expand_method(name, settings)
+    except FamilyError as e:
+        return [f"{where}.{e.key}: {e}"], {}
+    problems: list[str] = []
+    points: dict[str, list[MethodPoint]] = {}
+    for member, raw in members:
+        found, points[member] = _check_points(member, raw, where, src, ("methods", name))
+        problems += [p for p in found if p not in problems]
+    return problems, points
+
+
+def _check_points(
+    method: str, settings: dict[str, Any], where: str, src: str, loc: tuple[str, ...]
+) -> tuple[list[str], list[MethodPoint]]:
     out = []
-    lv = list_valued_settings(name)
+    lv = list_valued_settings(method)
     for key, value in settings.items():
         if isinstance(value, list) and key not in lv:
             if not value:
@@ -134,11 +149,11 @@ def check_method(name: str, settings: Any, src: str) -> tuple[list[str], list[Me
                     out.append(f"{where}.{key}: {e}")
     if out:
         return out, []
-    settings_cls = method_class(name).Settings
-    points, errors = method_points(name, settings)
+    settings_cls = method_class(method).Settings
+    points, errors = method_points(method, settings)
     seen: list[str] = []
     for e in errors:
-        for p in pydantic_problems(e, src, settings_cls, ("methods", name)):
+        for p in pydantic_problems(e, src, settings_cls, loc):
             if p not in seen:
                 seen.append(p)
     return seen, points
