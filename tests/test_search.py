@@ -105,6 +105,24 @@ def test_nearest_matches_brute_force_with_owner_exclusion(backend: str) -> None:
             assert idx[i].tolist() == [c[1] for c in cands[:3]]
 
 
+def test_auto_backend_rule() -> None:
+    """`auto`, per search kind and device type: the certified searches always torch, the flat search faiss on
+    the CPU where faiss is installed; explicit names stay; unknown names and kinds are refused."""
+    from funad.search.backends import CERTIFIED, FLAT, resolve_backend
+
+    cpu, cuda, meta = torch.device("cpu"), torch.device("cuda", 0), torch.device("meta")
+    flat_cpu = "faiss" if search.faiss_available() else "torch"
+    want = {(CERTIFIED, cpu): "torch", (CERTIFIED, cuda): "torch", (CERTIFIED, meta): "torch",
+            (FLAT, cpu): flat_cpu, (FLAT, cuda): "torch", (FLAT, meta): "torch"}
+    for (kind, dev), backend in want.items():
+        assert resolve_backend("auto", kind, dev) == backend, (kind, dev)
+        assert resolve_backend("torch", kind, dev) == "torch"
+    with pytest.raises(ValueError, match="unknown search backend 'annoy'"):
+        resolve_backend("annoy", FLAT, cpu)
+    with pytest.raises(ValueError, match="unknown search kind"):
+        resolve_backend("auto", "approximate", cpu)
+
+
 def test_nearest_missing_neighbours_are_inf() -> None:
     q = torch.randn(3, 4)
     dist, idx = search.nearest(q, torch.randn(1, 4), 2)

@@ -45,6 +45,7 @@ from funad.maps import grid_to_maps
 from funad.methods import irmb, register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores
 from funad.methods.localnet import LocalNet
+from funad.search import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class FunADSettings(MethodSettings):
     train_precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="training step: bf16 autocast of forward/backward (weights, losses fp32)"
     )
-    knn_backend: Literal["auto", "torch", "faiss"] = "auto"
+    knn_backend: Backend = "auto"
     rerank: int = Field(8, ge=1, description="approximate candidates re-scored exactly per query (>= k)")
     knn_chunk: int = Field(2048, ge=1, description="query rows per bank-search block")
     pair_chunk: int = Field(2048, ge=1, description="rows per mutual-pair search block")
@@ -332,7 +333,8 @@ class FunAD(Method):
         s = self.cfg
         rebuilt = st.it % s.bank_every == 0
         # the bank is current and searched by torch: one symmetric pass serves both searches
-        fused = rebuilt and not s.exclude_own_image and s.knn_backend in ("auto", "torch")
+        torch_search = search.resolve_backend(s.knn_backend, search.CERTIFIED, st.z_buf.device) == "torch"
+        fused = rebuilt and not s.exclude_own_image and torch_search
         query = self._pool_pass(st, idx, rebuilt, fused)  # [B*P, D] adapted batch features
         dist, u, v = self._search(st, idx, query, fused)  # [B*P, k] bank distances; pairs [M], [M]
         y, band = self._pseudo_labels(dist)  # [B*P] bool each

@@ -45,7 +45,7 @@ from funad.maps import grid_to_maps
 from funad.methods import register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores
 from funad.methods.patchcore import PatchCoreSettings, embed_patches
-from funad.search import nearest
+from funad.search import Backend, nearest
 from funad.search.pairs import AUGMENT, compare_rows, cross_nearest, seed_columns
 
 #: map_sigma is given in pixels of a map of this size (the paper's 224 crop); other sizes scale it
@@ -73,7 +73,7 @@ class InReaChSettings(MethodSettings):
     squared_distance: bool = True
     seed_order: Literal["random", "pool"] = "random"
     chunk_images: int = Field(64, ge=1)
-    knn_backend: Literal["auto", "torch", "faiss"] = "auto"
+    knn_backend: Backend = "auto"
     max_memory: int | None = Field(None, ge=1)
 
     @field_validator("aggregation_kernel")

@@ -31,11 +31,24 @@ ranking GEMM's operands), `blocks` (per-block selection, running top-k), `candid
 `rerank` (stage 2 and certification), `nearest` (the certified searches), `flat` (knn, faiss).
 """
 
-from funad.search.flat import faiss_available, faiss_gpus, knn
+from funad.search.backends import (
+    BACKENDS,
+    CERTIFIED,
+    FLAT,
+    Backend,
+    faiss_available,
+    faiss_gpus,
+    resolve_backend,
+)
+from funad.search.flat import knn
 from funad.search.nearest import batch_search, mutual_pairs, nearest
 from funad.search.precision import KEY_SLACK, PRECISIONS, matmul_precision, search_dtype
 
 __all__ = [
+    "BACKENDS",
+    "CERTIFIED",
+    "FLAT",
+    "Backend",
     "KEY_SLACK",
     "PRECISIONS",
     "batch_search",
@@ -45,5 +58,6 @@ __all__ = [
     "matmul_precision",
     "mutual_pairs",
     "nearest",
+    "resolve_backend",
     "search_dtype",
 ]

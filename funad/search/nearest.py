@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from funad.search.backends import CERTIFIED, resolve_backend
 from funad.search.blocks import RunningTopK
 from funad.search.candidates import faiss_stream, symmetric_candidates, torch_stream
 from funad.search.operands import centre, ranking_operands
@@ -52,8 +53,7 @@ def nearest(
         return out_d, out_i
     if self_search:
         query_index = torch.arange(n_q, device=query.device)
-    if backend == "auto":
-        backend = "torch"
+    backend = resolve_backend(backend, CERTIFIED, query.device)
     if backend == "torch":
         stream = torch_stream(
             query,
@@ -65,7 +65,7 @@ def nearest(
             query_owner=query_owner,
             bank_owner=bank_owner,
         )
-    elif backend == "faiss":
+    else:
         extra = int(query_index is not None)
         if query_owner is not None and bank_owner is not None:
             extra += int(torch.bincount(bank_owner).max().item())
@@ -79,8 +79,6 @@ def nearest(
             bank_owner=bank_owner,
             extra=extra,
         )
-    else:
-        raise ValueError(f"nearest: unknown backend {backend!r}; use auto, torch or faiss")
     kk = min(k, kq)
     rho = KEY_SLACK[precision][0]
     unsure: list[torch.Tensor] = []
@@ -228,7 +226,7 @@ def mutual_pairs(
     empty = torch.empty(0, dtype=torch.int64, device=z.device)
     if n < 2:
         return empty, empty
-    if backend in ("torch", "auto"):
+    if resolve_backend(backend, CERTIFIED, z.device) == "torch":
         _, u, v = batch_search(z, None, None, 1, rerank=rerank, chunk=chunk, precision=precision)
         return u, v
     _, idx = nearest(
