@@ -45,7 +45,7 @@ from funad.maps import grid_to_maps
 from funad.methods import register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores
 from funad.methods.patchcore import PatchCoreSettings, embed_patches
-from funad.search import Backend, nearest
+from funad.search import Backend, SearchOptions, nearest
 from funad.search.pairs import AUGMENT, compare_rows, cross_nearest, seed_columns
 
 #: map_sigma is given in pixels of a map of this size (the paper's 224 crop); other sizes scale it
@@ -311,6 +311,8 @@ class InReaCh(Method):
     centre: torch.Tensor | None = field(default=None, init=False, repr=False)
     use_positional: bool = field(default=False, init=False)
     grid: tuple[int, int] | None = field(default=None, init=False)
+    #: the scoring search's options, from the settings (set by fit)
+    search_options: SearchOptions | None = field(default=None, init=False, repr=False)
 
     @property
     def cfg(self) -> InReaChSettings:
@@ -364,6 +366,7 @@ class InReaCh(Method):
             raise ValueError(f"{self.name}: empty training pool")
         cfg = self.cfg
         self.diagnostics = {}
+        self.search_options = SearchOptions(backend=cfg.knn_backend)
         with torch.no_grad():
             rows, order, t_score = self.work_rows(train, ctx)
             n, p, wide = rows.shape
@@ -416,13 +419,13 @@ class InReaCh(Method):
     # -------------------------------------------------------------- score
     def patch_scores(self, feats: torch.Tensor) -> torch.Tensor:
         """[N, H, W, D] test features -> [N, H, W] distance to the nearest memory patch (exact)."""
-        if self.memory is None or self.centre is None:
+        if self.memory is None or self.centre is None or self.search_options is None:
             raise RuntimeError(f"{self.name}: score() before fit()")
         n, h, w, _ = feats.shape
         if (h, w) != self.grid:
             raise ValueError(f"{self.name}: test grid {h}x{w} differs from the training grid {self.grid}")
         q = (self._features(feats) - self.centre).reshape(n * h * w, -1)
-        sqd, _ = nearest(q, self.memory, 1, backend=self.cfg.knn_backend)
+        sqd, _ = nearest(q, self.memory, 1, self.search_options)
         d = sqd[:, 0].clamp(min=0.0)
         return (d if self.cfg.squared_distance else d.sqrt()).reshape(n, h, w)
 

@@ -10,14 +10,20 @@ import torch
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
+def check_precision(precision: str) -> str:
+    """The name itself, or ValueError for a name not in PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+    return precision
+
+
 @contextlib.contextmanager
 def matmul_precision(precision: str) -> Iterator[None]:
     """fp32 matmuls at full precision ("highest") or TF32 ("high") inside the block, restored after.
 
     bf16 is handled by casting the operands (see `search_dtype`), so it runs fp32 matmuls as "highest".
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+    check_precision(precision)
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
     try:
