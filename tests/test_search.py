@@ -153,6 +153,42 @@ def test_nearest_missing_neighbours_are_inf() -> None:
     assert torch.isfinite(dist[:, 0]).all()
 
 
+# ---- the one builder of augmented-GEMM operands -------------------------------------------
+@pytest.mark.parametrize("split", [False, True])
+def test_distance_operands_layout_and_distances(split: bool) -> None:
+    """L_i . R_j = ||c_i - c_j||^2 (float64 data: against brute force to 1e-9; the bf16 split: norm hi + lo
+    within 2^-16 of the rounded points' norms), the right side derived from the left bit for bit, rows
+    gathered in order, zero padding up to the alignment."""
+    from funad.search.operands import distance_operands, extra_columns, right_rows
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(300, 13, generator=g, dtype=torch.float64) * 3 + 20
+    x = x.float() if split else x  # bf16 operands come from fp32 features
+    mu = x.mean(0)
+    rows = torch.randperm(300, generator=g)[:280]
+    dtype = torch.bfloat16 if split else torch.float64
+    left, right, nrm = distance_operands(x, mu=mu, dtype=dtype, split=split, align=32, rows=rows)
+    used = 13 + extra_columns(split)
+    assert left.shape == right.shape == (280, 32) and left.dtype == right.dtype == dtype
+    assert not left[:, used:].any() and not right[:, used:].any()
+    c = (x[rows] - mu).to(dtype)
+    assert torch.equal(left[:, :13], c) and torch.equal(right, right_rows(left, 13, split))
+    exact = ((c.double()[:, None, :] - c.double()[None]) ** 2).sum(-1)
+    if split:
+        assert nrm.dtype == torch.float32
+        torch.testing.assert_close(nrm.double(), (c.double() ** 2).sum(1), rtol=1e-6, atol=0)
+        parts = left[:, 13:15].double().sum(1)
+        assert ((parts - nrm.double()).abs() <= 2.0**-16 * nrm.double()).all()
+        torch.testing.assert_close(right[:, 15:17].double().sum(1), parts, rtol=0, atol=0)
+        keys = left.double() @ right.double().T  # the GEMM in float64: only the operand rounding is left
+        assert ((keys - exact).abs() <= 2.0**-15 * (nrm.double()[:, None] + nrm.double()[None])).all()
+    else:
+        torch.testing.assert_close(left @ right.T, exact, rtol=0, atol=1e-9)
+    no_right = distance_operands(x, right=False)
+    assert no_right[1] is None and no_right[0].shape == (300, 15) and torch.equal(no_right[0][:, :13], x)
+    assert no_right[0].dtype == x.dtype
+
+
 # ---- fused bank + pair search (one symmetric pass) ----------------------------------------
 def _brute_knn(q: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
     d = np.array([sorted(sqdist64(row, b) for b in bank) for row in q])

@@ -357,7 +357,7 @@ class InReaCh(Method):
         rows = torch.empty((n, h * w, width + AUGMENT), dtype=torch.float32, device=feats.device)
         step = self.cfg.chunk_images
         for s in range(0, n, step):
-            rows[s : s + step] = compare_rows(self._features(feats[order[s : s + step]]) - centre)
+            rows[s : s + step] = compare_rows(self._features(feats[order[s : s + step]]), centre)
         return rows, order, t_score
 
     def fit(self, train: FeatureSet, ctx: FitContext) -> None:

@@ -21,6 +21,12 @@ from funad.search.backends import FLAT, faiss_gpus, resolve_backend
 def _knn_torch(
     query: torch.Tensor, bank: torch.Tensor, k: int, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch backend: ||q||^2 - 2 q.b + ||b||^2 per chunk, the norms added after a plain GEMM.
+
+    Not built by `funad.search.operands.distance_operands` (norms as GEMM columns): at PatchCore's
+    widths that changes the rounding of most distances, so PatchCore's and SoftPatch's scores would not
+    stay bit-identical.
+    """
     bank = bank.float() if bank.dtype == torch.float16 and bank.device.type == "cpu" else bank
     bank_sq = (bank.float() * bank.float()).sum(1)
     out_d, out_i = [], []
