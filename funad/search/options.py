@@ -64,7 +64,7 @@ class SearchOptions:
 DEFAULT_OPTIONS = SearchOptions()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: no field-wise ==
 class Exclusion:
     """Which bank rows each query row may never match (data about the rows of one call, not an option).
 
