@@ -502,10 +502,9 @@ def time_bank_reuse(
 def _bank_search(query: torch.Tensor, bank: torch.Tensor, s: Any) -> Any:
     """FunAD's bank search on an iteration without a rebuild (its `_search`, non-fused branch)."""
     from funad import search
+    from funad.methods.funad import search_options
 
-    return search.nearest(
-        query, bank, s.k, rerank=s.rerank, chunk=s.knn_chunk, precision=s.precision, backend=s.knn_backend
-    )
+    return search.nearest(query, bank, s.k, search_options(s).bank)
 
 
 def sync_points(check: Check, st: State) -> dict[str, Any]:
@@ -673,9 +672,8 @@ def section_searches(check: Check) -> dict[str, Any]:
     s = st.method.cfg
 
     def nearest(backend: str, precision: str = "fp32") -> Result:
-        return search.nearest(
-            query, bank, s.k, rerank=s.rerank, chunk=s.knn_chunk, precision=precision, backend=backend
-        )
+        opts = search.SearchOptions(rerank=s.rerank, chunk=s.knn_chunk, precision=precision, backend=backend)
+        return search.nearest(query, bank, s.k, opts)
 
     faiss = faiss_run(nearest, dev, check.sync, sh.repeats)  # faiss ranks fp32 keys at any precision
     bank_search: dict[str, Any] = {"dim": query.shape[1], "k": s.k}

@@ -421,7 +421,7 @@ def knn_faiss_vs_torch(
         runs = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            search.nearest(query, bank, k, backend=backend)
+            search.nearest(query, bank, k, search.SearchOptions(backend=backend))
             runs.append(time.perf_counter() - t0)
         times[backend] = statistics.median(runs)
     return {
@@ -458,12 +458,13 @@ def search_speedup(state: State, batch: int, precision: str, repeats: int = 1) -
     times: dict[str, list[float]] = {"rowwise": [], "fused": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
-        d_old, _ = search.nearest(query, state.train.z_buf[chosen].reshape(-1, dim), 2, precision=precision)
-        _, nn_ = search.nearest(query, query, 1, precision=precision, self_search=True)
+        opts = search.SearchOptions(precision=precision)
+        d_old, _ = search.nearest(query, state.train.z_buf[chosen].reshape(-1, dim), 2, opts)
+        _, nn_ = search.nearest(query, query, 1, opts, search.Exclusion.self_search(query))
         u_old, v_old = mutual(nn_[:, 0])
         times["rowwise"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        d_new, u_new, v_new = search.batch_search(query, member, extra, 2, precision=precision)
+        d_new, u_new, v_new = search.batch_search(query, member, extra, 2, opts)
         times["fused"].append(time.perf_counter() - t0)
     old_s, new_s = statistics.median(times["rowwise"]), statistics.median(times["fused"])
     return {
@@ -483,6 +484,7 @@ def search_native_vs_torch(state: State, batch: int, precision: str, repeats: in
     from funad import native
 
     query, member, extra = _search_inputs(state, batch)
+    opts = search.SearchOptions(precision=precision)
     times: dict[str, float] = {}
     outs: dict[str, tuple[torch.Tensor, ...]] = {}
     for mode in ("torch", "native"):
@@ -492,7 +494,7 @@ def search_native_vs_torch(state: State, batch: int, precision: str, repeats: in
             runs = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                outs[mode] = search.batch_search(query, member, extra, 2, precision=precision)
+                outs[mode] = search.batch_search(query, member, extra, 2, opts)
                 runs.append(time.perf_counter() - t0)
             times[mode] = statistics.median(runs)
     (d_t, u_t, v_t), (d_n, u_n, v_n) = outs["torch"], outs["native"]

@@ -114,23 +114,24 @@ def search_arrays() -> dict[str, np.ndarray]:
             out[f"{name}/{j}"] = t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
     runs: list[tuple[str, Callable[[], Any]]] = []
+    opts = search.SearchOptions
     for prec in search.PRECISIONS:
         for backend in ("torch", "faiss"):
             if backend == "faiss" and not search.faiss_available():
                 continue
+            o = opts(precision=prec, backend=backend)
             runs += [
-                (f"nearest/{prec}/{backend}", lambda p=prec, b=backend: search.nearest(
-                    query, bank, 3, precision=p, backend=b)),
-                (f"nearest_self/{prec}/{backend}", lambda p=prec, b=backend: search.nearest(
-                    bank, bank, 2, precision=p, backend=b, self_search=True)),
-                (f"nearest_owner/{prec}/{backend}", lambda p=prec, b=backend: search.nearest(
-                    bank[:300], bank, 2, precision=p, backend=b, query_owner=owner[:300], bank_owner=owner)),
+                (f"nearest/{prec}/{backend}", lambda o=o: search.nearest(query, bank, 3, o)),
+                (f"nearest_self/{prec}/{backend}", lambda o=o: search.nearest(
+                    bank, bank, 2, o, search.Exclusion.self_search(bank))),
+                (f"nearest_owner/{prec}/{backend}", lambda o=o: search.nearest(
+                    bank[:300], bank, 2, o, search.Exclusion(query_owner=owner[:300], bank_owner=owner))),
             ]
         member = torch.arange(64) % 3 == 0
         runs += [
             (f"batch_search/{prec}", lambda p=prec, m=member: search.batch_search(
-                bank[:64], m, bank[300:400], 2, precision=p)),
-            (f"mutual_pairs/{prec}", lambda p=prec: search.mutual_pairs(bank[:200], precision=p)),
+                bank[:64], m, bank[300:400], 2, opts(precision=p))),
+            (f"mutual_pairs/{prec}", lambda p=prec: search.mutual_pairs(bank[:200], opts(precision=p))),
         ]
     for backend in ("torch", "faiss"):
         if backend == "faiss" and not search.faiss_available():

@@ -22,7 +22,7 @@ def test_self_match_skipped_batch_image_in_bank(precision: str) -> None:
     z = images(2, 4, 9, 6, scale=3.0) + 20.0  # big norms: the matmul form alone would miss eps0 in bf16
     bank = torch.from_numpy(z[[0, 2]].reshape(-1, 6))  # images 0 and 2 in the bank
     query = torch.from_numpy(z[[0, 1]].reshape(-1, 6))  # batch: image 0 (in bank) and 1 (not)
-    dist, _ = search.nearest(query, bank, 2, precision=precision)
+    dist, _ = search.nearest(query, bank, 2, search.SearchOptions(precision=precision))
     d = irmb.skip_self_distance(dist, 0.01)
     bank_np = bank.numpy()
     for i, row in enumerate(query.numpy()):
@@ -57,7 +57,8 @@ def test_exclude_own_image_brute_force() -> None:
     batch = np.array([1, 2, 3])
     query = torch.from_numpy(z[batch].reshape(-1, 4))
     q_owner = torch.from_numpy(np.repeat(batch, 6))
-    dist, _ = search.nearest(query, bank, 2, query_owner=q_owner, bank_owner=bank_owner)
+    exclude = search.Exclusion(query_owner=q_owner, bank_owner=bank_owner)
+    dist, _ = search.nearest(query, bank, 2, exclude=exclude)
     d = irmb.own_excluded_distance(dist)
     for i in range(len(batch) * 6):
         own = batch[i // 6]

@@ -9,6 +9,7 @@ from patch_fixtures import make_fs, synthetic
 from pydantic import ValidationError
 from sklearn.metrics import pairwise_distances, roc_auc_score
 
+from funad.maps import grid_to_maps
 from funad.methods.base import FitContext
 from funad.methods.coreset import coreset_size, coverage_radius, greedy_coreset, project
 from funad.methods.patchcore import (
@@ -18,6 +19,7 @@ from funad.methods.patchcore import (
     embed_patches,
     pool_channels,
     reweight_factors,
+    support_indices,
 )
 
 CTX = FitContext(seed=0, map_size=32)
@@ -113,7 +115,8 @@ def test_aggregation_matches_loop_mean() -> None:
                 ]
                 want[n, i, j] = np.mean(nb, axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert aggregate_patches(torch.from_numpy(x), 1) is not None
+    t = torch.from_numpy(x)
+    assert torch.equal(aggregate_patches(t, 1), t)  # a 1x1 neighbourhood is the patch itself
 
 
 def test_channel_pooling_matches_adaptive_bins() -> None:
@@ -124,8 +127,9 @@ def test_channel_pooling_matches_adaptive_bins() -> None:
         [x[:, (i * 10) // 4 : -((-(i + 1) * 10) // 4)].mean(1) for i in range(4)], axis=1
     )  # bin i = [floor(iC/D), ceil((i+1)C/D))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert pool_channels(torch.from_numpy(x), None).shape == (7, 10)
-    assert pool_channels(torch.from_numpy(x), 32).shape == (7, 10)
+    t = torch.from_numpy(x)
+    assert torch.equal(pool_channels(t, None), t) and torch.equal(pool_channels(t, 32), t)  # no pooling
+    torch.testing.assert_close(pool_channels(t, 10), t)  # D = C: bins of one channel each
 
 
 def test_embed_reads_memmap_without_writing(tmp_path) -> None:
@@ -157,6 +161,9 @@ def test_scores_match_brute_force() -> None:
     out = m.score(test, CTX)
     bank = m.bank.double().numpy()
     feats = embed_patches(test.patches, 3, 4).double().numpy()
+    grids = np.stack([pairwise_distances(feats[i].reshape(-1, 4), bank).min(1) for i in range(test.n)])
+    want_maps = grid_to_maps(torch.from_numpy(grids.reshape(test.n, 5, 5)).float(), size=32, sigma=4.0)
+    np.testing.assert_allclose(out.maps, want_maps, rtol=1e-4, atol=1e-5)
     for i in range(test.n):
         f = feats[i].reshape(-1, 4)
         d = pairwise_distances(f, bank)
@@ -169,7 +176,24 @@ def test_scores_match_brute_force() -> None:
         ds = np.array([np.linalg.norm(f[t] - bank[j]) for j in support])
         w = 1.0 - np.exp(ds[0]) / np.exp(ds).sum()
         assert out.image[i] == pytest.approx(w * patch[t], rel=1e-3)
-    assert out.maps.shape == (test.n, 32, 32) and out.maps.dtype == np.float32
+    assert out.maps.dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_support_is_m_star_then_its_nearest_others_with_duplicates(backend: str) -> None:
+    """support_indices: m* first, then its b-1 nearest OTHER memory features; a duplicate of m* (distance 0)
+    is one of those others and cannot displace m* itself (brute-force order; no other ties in the data)."""
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    bank = torch.randn(40, 6, generator=torch.Generator().manual_seed(4))
+    bank[17] = bank[3]  # an exact duplicate of m* = 3
+    m_star = torch.tensor([3, 17, 25, 0])
+    got = support_indices(bank, m_star, 3, backend)
+    d = torch.cdist(bank.double(), bank.double())
+    for row, m in zip(got.tolist(), m_star.tolist(), strict=True):
+        others = [j for j in torch.argsort(d[m], stable=True).tolist() if j != m]
+        assert row == [m, *others[:2]], (m, row)
+    assert got[0, 1] == 17 and got[1, 1] == 3  # the duplicates are each other's nearest other
 
 
 def test_faiss_backend_agrees() -> None:
@@ -220,19 +244,29 @@ def test_same_seed_same_scores_and_reweight_switch() -> None:
 
 
 def test_tiny_grid_tiny_pool_and_image_level_data() -> None:
+    """A one-row bank (no reweighting: b = 1) and a 1x1 grid: scores are plain distances to the bank,
+    by hand; image-level test data (no masks) still gets maps."""
     rng = np.random.default_rng(0)
     one = make_fs(rng.standard_normal((1, 2, 2, 5)), np.zeros(1))
     m = PatchCore(settings=PatchCoreSettings(coreset_ratio=0.01))
     m.fit(one, CTX)
-    assert m.bank.shape == (1, 5)
+    pool = embed_patches(one.patches, 3, 1024).reshape(-1, 5)
+    assert m.bank.shape == (1, 5) and any(torch.equal(m.bank[0], row) for row in pool)
     test = make_fs(rng.standard_normal((3, 2, 2, 5)), np.zeros(3))  # masks None: image-level data
     out = m.score(test, CTX)
-    assert out.image.shape == (3,) and np.isfinite(out.image).all() and out.maps.shape == (3, 32, 32)
+    grid = torch.linalg.vector_norm(embed_patches(test.patches, 3, 1024) - m.bank[0], dim=-1)  # [3, 2, 2]
+    np.testing.assert_allclose(out.image, grid.amax(dim=(1, 2)).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out.maps, grid_to_maps(grid, size=32, sigma=4.0), rtol=1e-5, atol=1e-6)
     two = PatchCore(settings=PatchCoreSettings(coreset_ratio=0.5, aggregation_kernel=1, embed_dim=None))
-    two.fit(make_fs(rng.standard_normal((2, 1, 1, 3)), np.zeros(2)), CTX)
-    assert two.bank.shape == (1, 3)
-    out = two.score(make_fs(rng.standard_normal((2, 1, 1, 3)), np.zeros(2)), CTX)
-    assert np.isfinite(out.image).all() and out.maps.shape == (2, 32, 32)
+    train2 = make_fs(rng.standard_normal((2, 1, 1, 3)), np.zeros(2))
+    two.fit(train2, CTX)
+    rows = torch.from_numpy(train2.patches.astype(np.float32)).reshape(2, 3)
+    assert two.bank.shape == (1, 3) and any(torch.equal(two.bank[0], r) for r in rows)
+    test2 = make_fs(rng.standard_normal((2, 1, 1, 3)), np.zeros(2))
+    out = two.score(test2, CTX)
+    want = np.linalg.norm(test2.patches.astype(np.float32).reshape(2, 3) - two.bank[0].numpy(), axis=1)
+    np.testing.assert_allclose(out.image, want, rtol=1e-5)
+    np.testing.assert_allclose(out.maps, np.broadcast_to(want[:, None, None], (2, 32, 32)), rtol=1e-5)
 
 
 def test_settings_are_validated() -> None:

@@ -3,8 +3,9 @@
 `check_method(name)` fits and scores the method on tiny features made here (pixel-level data with
 masks, and image-level data without), and checks what the harness relies on: the shapes, dtypes and
 finiteness of `Scores`, anomalies scored above normals on an easy planted case, determinism for a fixed
-seed, the declared diagnostics present and finite, a history of dicts, settings that round-trip through
-their model, and a positive cost. A failure raises `AssertionError` with the method's name and what broke.
+seed, the declared diagnostics present and floats, a history of dicts, settings that round-trip through
+their model, and a positive cost. A failure raises `ConformanceError` with the method's name and what broke
+(explicit checks, not `assert`: they hold under `python -O` too).
 
 A method whose defaults are expensive (FUN-AD trains 1500 epochs) declares `smoke_settings`: small
 values for exactly this kind of run.
@@ -19,6 +20,17 @@ import numpy as np
 
 from funad.featureset import FeatureSet
 from funad.methods import FitContext, Method, create_method, method_class
+
+
+class ConformanceError(Exception):
+    """A registered method breaks one of the checks of `check_method` (the message names it and the check)."""
+
+
+def _check(ok: object, message: str) -> None:
+    """Raise ConformanceError(message) unless `ok` is true."""
+    if not ok:
+        raise ConformanceError(message)
+
 
 #: the tiny problem: images, grid, channels, evaluation map size
 N_TRAIN, N_NORMAL_TEST, N_ANOMALOUS_TEST, GRID, CHANNELS, MAP_SIZE = 12, 4, 4, 6, 16, 24
@@ -84,30 +96,31 @@ def check_method(name: str) -> None:
     cls = method_class(name)
     where = f"method {name!r}"
     settings = cls.Settings(**dict(getattr(cls, "smoke_settings", {}) or {}))
-    assert cls.Settings(**settings.model_dump()) == settings, f"{where}: settings do not round-trip"
+    _check(cls.Settings(**settings.model_dump()) == settings, f"{where}: settings do not round-trip")
     cost = cls.cost(settings)
-    assert isinstance(cost, float) and cost > 0 and math.isfinite(cost), f"{where}: cost() gave {cost!r}"
+    _check(isinstance(cost, float) and cost > 0 and math.isfinite(cost), f"{where}: cost() gave {cost!r}")
 
     for pixel_level in (True, False):
         data = tiny_features(seed=1, pixel_level=pixel_level)
         n = data.test.n
         method, image, maps = _fit_score(name, data, seed=3)
-        assert image.shape == (n,) and image.dtype == np.float32, (
-            f"{where}: image scores {image.shape} {image.dtype}, expected ({n},) float32")
-        assert np.isfinite(image).all(), f"{where}: non-finite image scores {image}"
+        _check(image.shape == (n,) and image.dtype == np.float32,
+               f"{where}: image scores {image.shape} {image.dtype}, expected ({n},) float32")
+        _check(np.isfinite(image).all(), f"{where}: non-finite image scores {image}")
         if maps is not None:
-            assert maps.shape == (n, MAP_SIZE, MAP_SIZE) and maps.dtype == np.float32, (
-                f"{where}: maps {maps.shape} {maps.dtype}, expected ({n}, {MAP_SIZE}, {MAP_SIZE}) float32")
-            assert np.isfinite(maps).all(), f"{where}: non-finite maps"
+            _check(maps.shape == (n, MAP_SIZE, MAP_SIZE) and maps.dtype == np.float32,
+                   f"{where}: maps {maps.shape} {maps.dtype}, expected ({n}, {MAP_SIZE}, {MAP_SIZE}) float32")
+            _check(np.isfinite(maps).all(), f"{where}: non-finite maps")
         labels = data.test.labels
-        assert image[labels == 1].mean() > image[labels == 0].mean(), (
-            f"{where}: planted anomalies do not score above normals ({image})")
+        _check(image[labels == 1].mean() > image[labels == 0].mean(),
+               f"{where}: planted anomalies do not score above normals ({image})")
         for key in cls.diagnostic_names:
-            assert key in method.diagnostics, f"{where}: declared diagnostic {key!r} missing"
+            _check(key in method.diagnostics, f"{where}: declared diagnostic {key!r} missing")
         floats = all(isinstance(v, float) for v in method.diagnostics.values())
-        assert floats, f"{where}: a diagnostic is not a float: {method.diagnostics}"
-        assert isinstance(method.history, list) and all(isinstance(h, dict) and "epoch" in h
-                                                        for h in method.history), f"{where}: bad history"
+        _check(floats, f"{where}: a diagnostic is not a float: {method.diagnostics}")
+        _check(isinstance(method.history, list) and all(isinstance(h, dict) and "epoch" in h
+                                                        for h in method.history), f"{where}: bad history")
         _, again, maps_again = _fit_score(name, data, seed=3)
-        assert np.array_equal(image, again), f"{where}: not deterministic for a fixed seed"
-        assert (maps is None) == (maps_again is None) and (maps is None or np.array_equal(maps, maps_again))
+        _check(np.array_equal(image, again), f"{where}: not deterministic for a fixed seed")
+        _check((maps is None) == (maps_again is None) and (maps is None or np.array_equal(maps, maps_again)),
+               f"{where}: maps not deterministic for a fixed seed")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -45,6 +45,7 @@ from funad.maps import grid_to_maps
 from funad.methods import irmb, register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores
 from funad.methods.localnet import LocalNet
+from funad.search import Backend, SearchOptions
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class FunADSettings(MethodSettings):
     train_precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="training step: bf16 autocast of forward/backward (weights, losses fp32)"
     )
-    knn_backend: Literal["auto", "torch", "faiss"] = "auto"
+    knn_backend: Backend = "auto"
     rerank: int = Field(8, ge=1, description="approximate candidates re-scored exactly per query (>= k)")
     knn_chunk: int = Field(2048, ge=1, description="query rows per bank-search block")
     pair_chunk: int = Field(2048, ge=1, description="rows per mutual-pair search block")
@@ -123,9 +124,23 @@ class FunADSettings(MethodSettings):
     def _check_ranges(self) -> FunADSettings:
         if not self.tau_n < self.tau_c:
             raise ValueError(f"need tau_n < tau_c, got tau_n={self.tau_n}, tau_c={self.tau_c}")
-        if self.rerank < self.k:
-            raise ValueError(f"need rerank >= k, got rerank={self.rerank}, k={self.k}")
+        search_options(self)  # the search settings are checked where the searches check them
         return self
+
+
+@dataclass(frozen=True)
+class Searches:
+    """FUN-AD's searches as `funad.search` options, built once per fit from the settings."""
+
+    bank: SearchOptions  # the bank search on its own (knn_chunk query rows per block)
+    pairs: SearchOptions  # the mutual-pair search, and the fused bank + pair pass (pair_chunk)
+
+
+def search_options(s: FunADSettings) -> Searches:
+    """The options of FUN-AD's searches; ValueError where the settings do not make valid ones (k > rerank)."""
+    bank = SearchOptions(rerank=s.rerank, chunk=s.knn_chunk, precision=s.precision, backend=s.knn_backend)
+    bank.check_k(s.k, "funad")
+    return Searches(bank=bank, pairs=replace(bank, chunk=s.pair_chunk))
 
 
 def _bucket_rows(x: torch.Tensor) -> torch.Tensor:
@@ -202,6 +217,7 @@ class TrainState:
     patches: torch.Tensor | TensorRows  # [N, P, C]
     injected: torch.Tensor  # [N] bool, diagnostics ONLY
     z_buf: torch.Tensor  # [N, P, D] adapted features of the last pool pass
+    searches: Searches  # the search options, from the settings
     bank: BankState | None = None
     it: int = 0  # iterations done
 
@@ -218,7 +234,7 @@ def start_training(
     opt = torch.optim.RMSprop(net.parameters(), lr=s.lr, momentum=s.momentum)
     n, n_patch, c = patches.shape
     z_buf = torch.empty((n, n_patch, 2 * c), dtype=search.search_dtype(s.precision), device=patches.device)
-    return TrainState(net, opt, gen, cls, patches, injected, z_buf)
+    return TrainState(net, opt, gen, cls, patches, injected, z_buf, search_options(s))
 
 
 @register
@@ -332,7 +348,8 @@ class FunAD(Method):
         s = self.cfg
         rebuilt = st.it % s.bank_every == 0
         # the bank is current and searched by torch: one symmetric pass serves both searches
-        fused = rebuilt and not s.exclude_own_image and s.knn_backend in ("auto", "torch")
+        torch_search = st.searches.pairs.backend_on(st.z_buf.device) == "torch"
+        fused = rebuilt and not s.exclude_own_image and torch_search
         query = self._pool_pass(st, idx, rebuilt, fused)  # [B*P, D] adapted batch features
         dist, u, v = self._search(st, idx, query, fused)  # [B*P, k] bank distances; pairs [M], [M]
         y, band = self._pseudo_labels(dist)  # [B*P] bool each
@@ -388,16 +405,15 @@ class FunAD(Method):
             in_batch = torch.isin(bank.chosen, idx)
             member = torch.isin(idx, bank.chosen).repeat_interleave(n_patch)  # [B*P]
             extra = st.z_buf[bank.chosen[~in_batch]].reshape(-1, dim) if bool((~in_batch).any()) else None
-            return search.batch_search(
-                query, member, extra, s.k, rerank=s.rerank, chunk=s.pair_chunk, precision=s.precision
-            )
+            return search.batch_search(query, member, extra, s.k, st.searches.pairs)
         assert bank.gathered is not None
-        opts = {"rerank": s.rerank, "precision": s.precision, "backend": s.knn_backend}
-        q_owner = idx.repeat_interleave(n_patch) if s.exclude_own_image else None
-        dist, _ = search.nearest(
-            query, bank.gathered, s.k, chunk=s.knn_chunk, query_owner=q_owner, bank_owner=bank.owner, **opts
+        exclude = (
+            search.Exclusion(query_owner=idx.repeat_interleave(n_patch), bank_owner=bank.owner)
+            if s.exclude_own_image
+            else search.NO_EXCLUSION
         )
-        u, v = search.mutual_pairs(query, chunk=s.pair_chunk, **opts)
+        dist, _ = search.nearest(query, bank.gathered, s.k, st.searches.bank, exclude)
+        u, v = search.mutual_pairs(query, st.searches.pairs)
         return dist, u, v
 
     def _pseudo_labels(self, dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

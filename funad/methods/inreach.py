@@ -45,7 +45,7 @@ from funad.maps import grid_to_maps
 from funad.methods import register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores
 from funad.methods.patchcore import PatchCoreSettings, embed_patches
-from funad.search import nearest
+from funad.search import Backend, SearchOptions, nearest
 from funad.search.pairs import AUGMENT, compare_rows, cross_nearest, seed_columns
 
 #: map_sigma is given in pixels of a map of this size (the paper's 224 crop); other sizes scale it
@@ -73,7 +73,7 @@ class InReaChSettings(MethodSettings):
     squared_distance: bool = True
     seed_order: Literal["random", "pool"] = "random"
     chunk_images: int = Field(64, ge=1)
-    knn_backend: Literal["auto", "torch", "faiss"] = "auto"
+    knn_backend: Backend = "auto"
     max_memory: int | None = Field(None, ge=1)
 
     @field_validator("aggregation_kernel")
@@ -311,6 +311,8 @@ class InReaCh(Method):
     centre: torch.Tensor | None = field(default=None, init=False, repr=False)
     use_positional: bool = field(default=False, init=False)
     grid: tuple[int, int] | None = field(default=None, init=False)
+    #: the scoring search's options, from the settings (set by fit)
+    search_options: SearchOptions | None = field(default=None, init=False, repr=False)
 
     @property
     def cfg(self) -> InReaChSettings:
@@ -355,7 +357,7 @@ class InReaCh(Method):
         rows = torch.empty((n, h * w, width + AUGMENT), dtype=torch.float32, device=feats.device)
         step = self.cfg.chunk_images
         for s in range(0, n, step):
-            rows[s : s + step] = compare_rows(self._features(feats[order[s : s + step]]) - centre)
+            rows[s : s + step] = compare_rows(self._features(feats[order[s : s + step]]), centre)
         return rows, order, t_score
 
     def fit(self, train: FeatureSet, ctx: FitContext) -> None:
@@ -364,6 +366,7 @@ class InReaCh(Method):
             raise ValueError(f"{self.name}: empty training pool")
         cfg = self.cfg
         self.diagnostics = {}
+        self.search_options = SearchOptions(backend=cfg.knn_backend)
         with torch.no_grad():
             rows, order, t_score = self.work_rows(train, ctx)
             n, p, wide = rows.shape
@@ -416,13 +419,13 @@ class InReaCh(Method):
     # -------------------------------------------------------------- score
     def patch_scores(self, feats: torch.Tensor) -> torch.Tensor:
         """[N, H, W, D] test features -> [N, H, W] distance to the nearest memory patch (exact)."""
-        if self.memory is None or self.centre is None:
+        if self.memory is None or self.centre is None or self.search_options is None:
             raise RuntimeError(f"{self.name}: score() before fit()")
         n, h, w, _ = feats.shape
         if (h, w) != self.grid:
             raise ValueError(f"{self.name}: test grid {h}x{w} differs from the training grid {self.grid}")
         q = (self._features(feats) - self.centre).reshape(n * h * w, -1)
-        sqd, _ = nearest(q, self.memory, 1, backend=self.cfg.knn_backend)
+        sqd, _ = nearest(q, self.memory, 1, self.search_options)
         d = sqd[:, 0].clamp(min=0.0)
         return (d if self.cfg.squared_distance else d.sqrt()).reshape(n, h, w)
 

@@ -15,7 +15,7 @@ Only the patch tokens are used (never the CLS descriptor). The training labels a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from funad.maps import grid_to_maps
 from funad.methods import register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores
 from funad.methods.coreset import coreset_size, greedy_coreset
-from funad.search import knn
+from funad.search import Backend, knn
 
 #: number of memory neighbours b of m* in the image-score reweighting (the paper uses b = 3)
 NUM_NEIGHBORS_REWEIGHT = 3
@@ -41,7 +41,7 @@ class PatchCoreSettings(MethodSettings):
     aggregation_kernel: int = Field(3, ge=1)
     embed_dim: int | None = Field(1024, ge=1)
     reweight: bool = True
-    knn_backend: Literal["auto", "torch", "faiss"] = "auto"
+    knn_backend: Backend = "auto"
     map_sigma: float = Field(4.0, ge=0.0)
 
     @field_validator("aggregation_kernel")

@@ -14,6 +14,10 @@ the true neighbours are among the `rerank` approximate candidates; `certify` (on
 searches again, with more candidates, every row for which that cannot be proven from the key-error
 model `KEY_SLACK`.
 
+How a search runs is one frozen `SearchOptions(rerank, chunk, precision, backend, certify)`, built once
+by a method from its settings; which bank rows a query row may not match (its own row, its own image)
+is data, an `Exclusion`, given per call.
+
 In the training loop, `batch_search` does the bank search and the pair search in one pass: the
 batch x batch distance matrix is symmetric, so each upper-triangle block is computed once and
 serves its rows and its columns, and the batch images that are also bank images share those
@@ -24,18 +28,39 @@ and per-column candidate sets) and the exact re-rank run in small compiled kerne
 (`funad.native`, built on first use; FUNAD_NATIVE=0 or no C compiler: the torch ops, same
 candidates up to ties, and tested to agree). GPU tensors always take the torch ops.
 
-`knn` is the plain flat search of PatchCore and SoftPatch (torch or faiss, no re-rank).
+`knn` is the plain flat search of PatchCore and SoftPatch (torch or faiss, no re-rank). What
+`knn_backend: auto` means, for both kinds of search, is one table (`backends.AUTO_BACKEND`).
 
-Modules: `precision` (precision names, matmul setting, operand dtype, key slack), `operands` (the
+Modules: `options` (SearchOptions, Exclusion), `backends` (backend names, faiss's presence, the `auto`
+rule), `precision` (precision names, matmul setting, operand dtype, key slack), `operands` (the
 ranking GEMM's operands), `blocks` (per-block selection, running top-k), `candidates` (stage 1),
-`rerank` (stage 2 and certification), `nearest` (the certified searches), `flat` (knn, faiss).
+`rerank` (stage 2 and certification), `nearest` (the certified searches), `flat` (knn), `pairs`
+(InReaCh's two-way nearest patches).
 """
 
-from funad.search.flat import faiss_available, faiss_gpus, knn
+from funad.search.backends import (
+    BACKENDS,
+    CERTIFIED,
+    FLAT,
+    Backend,
+    faiss_available,
+    faiss_gpus,
+    resolve_backend,
+)
+from funad.search.flat import knn
 from funad.search.nearest import batch_search, mutual_pairs, nearest
+from funad.search.options import DEFAULT_OPTIONS, NO_EXCLUSION, Exclusion, SearchOptions
 from funad.search.precision import KEY_SLACK, PRECISIONS, matmul_precision, search_dtype
 
 __all__ = [
+    "BACKENDS",
+    "CERTIFIED",
+    "FLAT",
+    "Backend",
+    "DEFAULT_OPTIONS",
+    "Exclusion",
+    "NO_EXCLUSION",
+    "SearchOptions",
     "KEY_SLACK",
     "PRECISIONS",
     "batch_search",
@@ -45,5 +70,6 @@ __all__ = [
     "matmul_precision",
     "mutual_pairs",
     "nearest",
+    "resolve_backend",
     "search_dtype",
 ]

@@ -14,6 +14,7 @@ import torch
 from funad.search.blocks import RunningTopK, merge_block
 from funad.search.flat import knn
 from funad.search.operands import centre, ranking_operands
+from funad.search.options import Exclusion, SearchOptions
 from funad.search.precision import key_beta, matmul_precision
 
 #: one chunk of candidates: (start, end, approx keys [q, kq], bank indices [q, kq], key allowance [q] or None)
@@ -33,21 +34,14 @@ def _mask_own_column(d: torch.Tensor, own: torch.Tensor) -> None:
 
 
 def torch_stream(
-    query: torch.Tensor,
-    bank: torch.Tensor,
-    kq: int,
-    *,
-    chunk: int,
-    precision: str,
-    query_index: torch.Tensor | None,
-    query_owner: torch.Tensor | None,
-    bank_owner: torch.Tensor | None,
+    query: torch.Tensor, bank: torch.Tensor, kq: int, options: SearchOptions, exclude: Exclusion
 ) -> Iterator[Chunk]:
     """Chunked fused-norm GEMM search yielding (start, end, approx sqdist [q, kq], idx [q, kq], beta).
 
-    Masked entries are +inf. The last item is each query row's absolute key-error allowance
+    Excluded entries are +inf. The last item is each query row's absolute key-error allowance
     (see KEY_SLACK).
     """
+    precision, chunk = options.precision, options.chunk
     mu = centre(bank)
     _, right, nb = ranking_operands(bank, mu, precision)
     nb_max = float(nb.max())
@@ -56,38 +50,34 @@ def torch_stream(
             e = min(query.shape[0], s + chunk)
             left, _, nq = ranking_operands(query[s:e], mu, precision)
             d = left @ right.T
-            if query_index is not None:
-                _mask_own_column(d, query_index[s:e])
-            if query_owner is not None and bank_owner is not None:
-                d.masked_fill_(query_owner[s:e, None] == bank_owner[None, :], float("inf"))
+            if exclude.own_row is not None:
+                _mask_own_column(d, exclude.own_row[s:e])
+            if exclude.by_owner:
+                d.masked_fill_(exclude.query_owner[s:e, None] == exclude.bank_owner[None, :], float("inf"))
             top = RunningTopK(e - s, kq, d.device)
             merge_block(top, 0, e - s, 0, d, kq, dim=1)
             yield s, e, top.vals, top.idx, key_beta(precision, nq, nb_max)
 
 
 def faiss_stream(
-    query: torch.Tensor,
-    bank: torch.Tensor,
-    kq: int,
-    *,
-    chunk: int,
-    query_index: torch.Tensor | None,
-    query_owner: torch.Tensor | None,
-    bank_owner: torch.Tensor | None,
-    extra: int,
+    query: torch.Tensor, bank: torch.Tensor, kq: int, options: SearchOptions, exclude: Exclusion
 ) -> Iterator[Chunk]:
-    """faiss flat search asking for `extra` more neighbours, then masking self / own-image hits."""
+    """faiss flat search asking for as many more neighbours as the exclusion can remove, then masking
+    the excluded hits (self: one; own image: the largest image)."""
+    extra = int(exclude.own_row is not None)
+    if exclude.by_owner:
+        extra += int(torch.bincount(exclude.bank_owner).max().item())
     k_ask = min(bank.shape[0], kq + extra)
     # one faiss call (it blocks internally; re-adding the bank per chunk would copy it each time)
     all_vals, all_idx = knn(query.float(), bank.float(), k=k_ask, backend="faiss")
-    for s in range(0, query.shape[0], chunk):
-        e = min(query.shape[0], s + chunk)
+    for s in range(0, query.shape[0], options.chunk):
+        e = min(query.shape[0], s + options.chunk)
         vals, idx = all_vals[s:e].float().clone(), all_idx[s:e].long()
         bad = idx < 0
-        if query_index is not None:
-            bad |= idx == query_index[s:e, None]
-        if query_owner is not None and bank_owner is not None:
-            bad |= bank_owner[idx.clamp(min=0)] == query_owner[s:e, None]
+        if exclude.own_row is not None:
+            bad |= idx == exclude.own_row[s:e, None]
+        if exclude.by_owner:
+            bad |= exclude.bank_owner[idx.clamp(min=0)] == exclude.query_owner[s:e, None]
         vals.masked_fill_(bad, float("inf"))
         idx = idx.clamp(min=0)
         vals, pos = torch.topk(vals, min(kq, k_ask), dim=1, largest=False, sorted=False)

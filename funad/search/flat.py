@@ -3,7 +3,7 @@
 `torch`: chunked matmul form ||q||^2 - 2 q.b + ||b||^2, memory bounded by `chunk` queries, runs on
 whatever device the tensors are on (TF32/bf16 follow torch's global matmul settings).
 `faiss`: IndexFlatL2 (a GPU index when faiss sees a GPU and the data is on CUDA); faiss is an
-optional extra ('cpu' or 'gpu'), so its absence is detected, not assumed.
+optional extra ('cpu' or 'gpu'), so its absence is detected (`funad.search.backends`), not assumed.
 Unlike `funad.search.nearest` there is no exact re-rank: distances carry the matmul's rounding.
 """
 
@@ -15,30 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
-
-@lru_cache(maxsize=1)
-def faiss_available() -> bool:
-    """Whether the optional faiss extra is installed."""
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@lru_cache(maxsize=1)
-def faiss_gpus() -> int:
-    """GPUs faiss can use (0 without faiss or with the CPU build)."""
-    if not faiss_available():
-        return 0
-    import faiss
-
-    return int(faiss.get_num_gpus())
+from funad.search.backends import FLAT, faiss_gpus, resolve_backend
 
 
 def _knn_torch(
     query: torch.Tensor, bank: torch.Tensor, k: int, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch backend: ||q||^2 - 2 q.b + ||b||^2 per chunk, the norms added after a plain GEMM.
+
+    Not built by `funad.search.operands.distance_operands` (norms as GEMM columns): at PatchCore's
+    widths that changes the rounding of most distances, so PatchCore's and SoftPatch's scores would not
+    stay bit-identical.
+    """
     bank = bank.float() if bank.dtype == torch.float16 and bank.device.type == "cpu" else bank
     bank_sq = (bank.float() * bank.float()).sum(1)
     out_d, out_i = [], []
@@ -74,18 +62,6 @@ def _gpu_resources() -> Any:  # pragma: no cover - needs a GPU
     return faiss.StandardGpuResources()
 
 
-#: the flat search `auto` uses, per device type, from the measurements in benchmarks/RESULTS.md: on the
-#: CPU faiss's flat index beats the torch matmul form at PatchCore's shapes; on CUDA torch stays until
-#: `make gpu-check` has measured faiss-gpu against it. Without faiss installed, `auto` is torch.
-AUTO_BACKEND: dict[str, str] = {"cpu": "faiss", "cuda": "torch"}
-
-
-def auto_backend(device: torch.device) -> str:
-    """The backend `auto` means for tensors on `device`."""
-    choice = AUTO_BACKEND.get(device.type, "torch")
-    return choice if choice != "faiss" or faiss_available() else "torch"
-
-
 def knn(
     query: torch.Tensor,
     bank: torch.Tensor,
@@ -95,22 +71,15 @@ def knn(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """k smallest squared L2 distances from each query row to the bank rows.
 
-    Returns (sqdist [Q, k] float32 ascending, index [Q, k] int64). `auto`: see `AUTO_BACKEND`. The two
-    backends give the same neighbours up to exact ties and distances within fp32 rounding.
+    Returns (sqdist [Q, k] float32 ascending, index [Q, k] int64). `auto`: the flat search's entry of
+    `funad.search.backends.AUTO_BACKEND`. The two backends give the same neighbours up to exact ties and
+    distances within fp32 rounding.
     """
     if bank.ndim != 2 or query.ndim != 2 or bank.shape[1] != query.shape[1]:
         raise ValueError(f"knn: shapes do not fit: query {tuple(query.shape)}, bank {tuple(bank.shape)}")
     if bank.shape[0] < k:
         raise ValueError(f"knn: bank has {bank.shape[0]} rows, fewer than k={k}")
-    if backend == "auto":
-        backend = auto_backend(query.device)
-    if backend == "faiss":
-        if not faiss_available():
-            raise RuntimeError(
-                "knn backend 'faiss' requested but faiss is not installed (extra 'cpu' or 'gpu')"
-            )
+    if resolve_backend(backend, FLAT, query.device) == "faiss":
         return _knn_faiss(query, bank, k)
-    if backend != "torch":
-        raise ValueError(f"knn: unknown backend {backend!r}; use auto, torch or faiss")
     with torch.no_grad():
         return _knn_torch(query, bank, k, chunk)

@@ -3,107 +3,60 @@ in one symmetric pass) and `mutual_pairs`. Stage 1 in `candidates`, stage 2 in `
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from funad.search.blocks import RunningTopK
 from funad.search.candidates import faiss_stream, symmetric_candidates, torch_stream
 from funad.search.operands import centre, ranking_operands
+from funad.search.options import DEFAULT_OPTIONS, NO_EXCLUSION, Exclusion, SearchOptions
 from funad.search.precision import KEY_SLACK, key_beta, matmul_precision
-from funad.search.rerank import WIDEN, certifies, exact_rerank
+from funad.search.rerank import WIDEN, exact_rerank
 
 
 def nearest(
     query: torch.Tensor,
     bank: torch.Tensor,
     k: int,
-    *,
-    rerank: int = 8,
-    chunk: int = 2048,
-    precision: str = "fp32",
-    backend: str = "torch",
-    self_search: bool = False,
-    query_index: torch.Tensor | None = None,
-    query_owner: torch.Tensor | None = None,
-    bank_owner: torch.Tensor | None = None,
-    certify: bool | None = None,
+    options: SearchOptions = DEFAULT_OPTIONS,
+    exclude: Exclusion = NO_EXCLUSION,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """k nearest bank rows of every query row: (sqdist [Q, k] fp32 ascending, index [Q, k] int64).
 
     Distances are exact fp32 differences (see the package doc); ties are ordered by the smallest
-    index. self_search: query IS the bank, and row i never matches itself (by index; duplicates still
-    match); query_index [Q] generalises it: row i never matches bank row query_index[i] (< 0: no
-    exclusion). query_owner/bank_owner: rows with equal owner ids never match (own-image exclusion).
+    index. `exclude`: the bank rows each query row may not match (own row, own image).
     Missing neighbours (fewer eligible rows than k) have distance +inf and index -1.
-    certify (default: on in fp32): rows whose candidates cannot be shown to contain the k nearest
-    (see `exact_rerank`: near-ties within the key error, duplicates) are searched again with
-    `WIDEN` times the candidates, until certain or every bank row is a candidate, so the result
-    is exact whatever the data. Off (bf16/tf32 default), such a row may get a near-tie neighbour
-    within the key error instead of the exact one.
+    With `options.certifies` (default in fp32), rows whose candidates cannot be shown to contain the
+    k nearest (see `exact_rerank`: near-ties within the key error, duplicates) are searched again
+    with `WIDEN` times the candidates, until certain or every bank row is a candidate, so the result
+    is exact whenever the keys are within the key-error model `KEY_SLACK`. Off (bf16/tf32 default),
+    such a row may get a near-tie neighbour within the key error instead of the exact one.
     """
     if query.ndim != 2 or bank.ndim != 2 or query.shape[1] != bank.shape[1]:
         raise ValueError(f"nearest: shapes do not fit: query {tuple(query.shape)}, bank {tuple(bank.shape)}")
-    if k < 1 or rerank < k:
-        raise ValueError(f"nearest: need 1 <= k <= rerank, got k={k}, rerank={rerank}")
+    options.check_k(k, "nearest")
     n_q, n_b = query.shape[0], bank.shape[0]
     out_d = torch.full((n_q, k), float("inf"), dtype=torch.float32, device=query.device)
     out_i = torch.full((n_q, k), -1, dtype=torch.int64, device=query.device)
-    kq = min(rerank, n_b)
+    kq = min(options.rerank, n_b)
     if n_q == 0 or kq == 0:
         return out_d, out_i
-    if self_search:
-        query_index = torch.arange(n_q, device=query.device)
-    if backend == "auto":
-        backend = "torch"
-    if backend == "torch":
-        stream = torch_stream(
-            query,
-            bank,
-            kq,
-            chunk=chunk,
-            precision=precision,
-            query_index=query_index,
-            query_owner=query_owner,
-            bank_owner=bank_owner,
-        )
-    elif backend == "faiss":
-        extra = int(query_index is not None)
-        if query_owner is not None and bank_owner is not None:
-            extra += int(torch.bincount(bank_owner).max().item())
-        stream = faiss_stream(
-            query,
-            bank,
-            kq,
-            chunk=chunk,
-            query_index=query_index,
-            query_owner=query_owner,
-            bank_owner=bank_owner,
-            extra=extra,
-        )
-    else:
-        raise ValueError(f"nearest: unknown backend {backend!r}; use auto, torch or faiss")
+    stream = torch_stream if options.backend_on(query.device) == "torch" else faiss_stream
     kk = min(k, kq)
-    rho = KEY_SLACK[precision][0]
+    rho = KEY_SLACK[options.precision][0]
     unsure: list[torch.Tensor] = []
-    for s, e, approx, idx, beta in stream:
+    for s, e, approx, idx, beta in stream(query, bank, kq, options, exclude):
         out_d[s:e, :kk], out_i[s:e, :kk], bad = exact_rerank(
             query[s:e], bank, approx, idx, kk, rho=rho, beta=beta
         )
         if bad is not None:
             unsure.append(torch.nonzero(bad, as_tuple=True)[0] + s)
-    if certifies(precision, certify) and unsure and kq < n_b:
+    if options.certifies and unsure and kq < n_b:
         rows = torch.cat(unsure)
         if rows.numel():
             out_d[rows], out_i[rows] = nearest(
-                query[rows],
-                bank,
-                k,
-                rerank=min(n_b, WIDEN * kq),
-                chunk=chunk,
-                precision=precision,
-                query_index=None if query_index is None else query_index[rows],
-                query_owner=None if query_owner is None else query_owner[rows],
-                bank_owner=bank_owner,
-                certify=True,
+                query[rows], bank, k, options.widened(min(n_b, WIDEN * kq)), exclude.of_rows(rows)
             )
     return out_d, out_i
 
@@ -113,11 +66,7 @@ def batch_search(
     member: torch.Tensor | None,
     extra: torch.Tensor | None,
     k: int,
-    *,
-    rerank: int = 8,
-    chunk: int = 2048,
-    precision: str = "fp32",
-    certify: bool | None = None,
+    options: SearchOptions = DEFAULT_OPTIONS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bank distances AND mutual pairs of the batch rows z [Q, D] from one symmetric GEMM pass.
 
@@ -127,11 +76,14 @@ def batch_search(
     Returns (sqdist [Q, k] fp32 ascending: the k nearest bank rows as `nearest(z, bank, k)` gives
     them, a member's exact self-match included as 0; u [M]; v [M]: the mutual pairs as
     `mutual_pairs(z)` gives them). member=None: no batch row in the bank; extra=None: no extra
-    rows. certify: as in `nearest` (default on in fp32): rows whose candidates are not provably
-    complete are searched again by `nearest`.
+    rows. Certification as in `nearest` (`options.certifies`, default in fp32): rows whose candidates
+    are not provably complete are searched again by `nearest`. The symmetric pass is the torch GEMM
+    path only: options whose backend is not torch on z's device are refused.
     """
-    if k < 1 or rerank < k:
-        raise ValueError(f"batch_search: need 1 <= k <= rerank, got k={k}, rerank={rerank}")
+    options.check_k(k, "batch_search")
+    if options.backend_on(z.device) != "torch":
+        raise ValueError(f"batch_search: the symmetric pass runs on torch, not {options.backend!r}")
+    rerank, chunk, precision = options.rerank, options.chunk, options.precision
     n_q, dev = z.shape[0], z.device
     empty = torch.empty(0, dtype=torch.int64, device=dev)
     n_e = 0 if extra is None else extra.shape[0]
@@ -175,7 +127,7 @@ def batch_search(
         ]
         d, i = torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
         unsure = torch.nonzero(torch.cat([o[2] for o in out]), as_tuple=True)[0]
-        if certifies(precision, certify) and unsure.numel() and rerank < cols.numel():
+        if options.certifies and unsure.numel() and rerank < cols.numel():
             # the rows' own column (self) stays excluded, by its position among cols
             pos = torch.full((source.shape[0],), -1, dtype=torch.int64, device=dev)
             pos[cols] = torch.arange(cols.numel(), device=dev)
@@ -183,11 +135,8 @@ def batch_search(
                 z[unsure],
                 source[cols],
                 kk,
-                rerank=min(cols.numel(), WIDEN * rerank),
-                chunk=chunk,
-                precision=precision,
-                query_index=pos[unsure],
-                certify=True,
+                options.widened(min(cols.numel(), WIDEN * rerank)),
+                Exclusion(own_row=pos[unsure]),
             )
             d[unsure] = d2
             i[unsure] = torch.where(i2 >= 0, cols[i2.clamp(min=0)], -1)
@@ -216,7 +165,7 @@ def mutual(nn_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def mutual_pairs(
-    z: torch.Tensor, *, rerank: int = 8, chunk: int = 2048, precision: str = "fp32", backend: str = "torch"
+    z: torch.Tensor, options: SearchOptions = DEFAULT_OPTIONS
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mutually nearest pairs among the rows of z [P, D]: (u [M], v [M]) with u < v.
 
@@ -228,17 +177,8 @@ def mutual_pairs(
     empty = torch.empty(0, dtype=torch.int64, device=z.device)
     if n < 2:
         return empty, empty
-    if backend in ("torch", "auto"):
-        _, u, v = batch_search(z, None, None, 1, rerank=rerank, chunk=chunk, precision=precision)
+    if options.backend_on(z.device) == "torch":
+        _, u, v = batch_search(z, None, None, 1, options)
         return u, v
-    _, idx = nearest(
-        z,
-        z,
-        1,
-        rerank=min(rerank, n - 1),
-        chunk=chunk,
-        precision=precision,
-        backend=backend,
-        self_search=True,
-    )
+    _, idx = nearest(z, z, 1, replace(options, rerank=min(options.rerank, n - 1)), Exclusion.self_search(z))
     return mutual(idx[:, 0])

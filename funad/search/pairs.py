@@ -6,10 +6,11 @@ that is nearest to x, and keeps the link only when x is in turn m's nearest patc
 minima come from the same [B, Pc, Ps] block of squared distances (compare patches x seed patches): two
 separate searches could round a near-tie differently and break mutuality.
 
-The block is one fp32 GEMM of augmented operands, at full precision (no TF32): compare rows
-[x, ||x||^2, 1] times seed columns [-2y, 1, ||y||^2]^T give ||x||^2 - 2 x.y + ||y||^2 directly, so no
-broadcast pass over the block is needed before the two reductions. Centre both sets (e.g. by the pool
-mean) before augmenting: distances do not change, the cancellation error of this form shrinks.
+The block is one fp32 GEMM of augmented operands (`funad.search.operands`), at full precision (no TF32):
+compare rows [x, ||x||^2, 1] times seed columns [-2y, 1, ||y||^2]^T give ||x||^2 - 2 x.y + ||y||^2
+directly, so no broadcast pass over the block is needed before the two reductions. Centre both sets
+(e.g. on the pool mean: `compare_rows(x, centre)`) before augmenting: distances do not change, the
+cancellation error of this form shrinks.
 Ties go to the lowest index in both directions (torch's min returns the first minimum).
 """
 
@@ -19,10 +20,11 @@ from typing import NamedTuple
 
 import torch
 
+from funad.search.operands import distance_operands, extra_columns, right_rows
 from funad.search.precision import matmul_precision
 
 #: columns the augmentation adds to every row
-AUGMENT = 2
+AUGMENT = extra_columns(split=False)
 
 
 class CrossNearest(NamedTuple):
@@ -34,20 +36,21 @@ class CrossNearest(NamedTuple):
     mutual: torch.Tensor
 
 
-def compare_rows(x: torch.Tensor) -> torch.Tensor:
-    """[..., D] -> [..., D + 2] rows [x, ||x||^2, 1] (the compare side of the one-GEMM distance)."""
-    sq = (x * x).sum(dim=-1, keepdim=True)
-    return torch.cat([x, sq, torch.ones_like(sq)], dim=-1)
+def compare_rows(x: torch.Tensor, centre: torch.Tensor | None = None) -> torch.Tensor:
+    """[..., D] -> [..., D + 2] rows [x - centre, ||x - centre||^2, 1] in x's dtype (the compare side of the
+    one-GEMM distance: `distance_operands`' left side, unpadded)."""
+    lead, d = x.shape[:-1], x.shape[-1]
+    left, _, _ = distance_operands(x.reshape(-1, d), mu=centre, right=False)
+    return left.view(*lead, d + AUGMENT)
 
 
 def seed_columns(rows: torch.Tensor) -> torch.Tensor:
     """Seed patches as compare rows [Ps, D + 2] -> the seed side [D + 2, Ps]: [-2y, 1, ||y||^2]^T.
 
-    Built from the compare form so a pool is augmented once and any of its images can be a seed.
+    Built from the compare form (`right_rows`), so a pool is augmented once and any of its images can
+    be a seed.
     """
-    d = rows.shape[-1] - AUGMENT
-    cols = torch.cat([rows[:, :d] * -2.0, rows[:, d + 1 : d + 2], rows[:, d : d + 1]], dim=1)
-    return cols.T.contiguous()
+    return right_rows(rows, rows.shape[-1] - AUGMENT, split=False).T.contiguous()
 
 
 def cross_nearest(
@@ -85,5 +88,5 @@ def mutual_nearest(a: torch.Tensor, b: torch.Tensor) -> CrossNearest:
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"mutual_nearest: shapes do not fit: {tuple(a.shape)} vs {tuple(b.shape)}")
     centre = b.mean(dim=0)
-    r = cross_nearest(seed_columns(compare_rows(b - centre)), compare_rows(a - centre)[None].contiguous())
+    r = cross_nearest(seed_columns(compare_rows(b, centre)), compare_rows(a, centre)[None].contiguous())
     return CrossNearest(r.dist[0], r.index[0], r.mutual[0])

@@ -9,7 +9,7 @@ from funad import native
 #: (query, candidate) pairs per slab of the exact re-rank: the [pairs, D] temporaries stay in cache
 _RERANK_PAIRS = 512
 
-#: each fallback round multiplies the candidate count by this (see `nearest`'s `certify`)
+#: each fallback round multiplies the candidate count by this (see `SearchOptions.certify`)
 WIDEN = 4
 
 
@@ -65,7 +65,3 @@ def exact_rerank(
     dist = exact[:, :kk]
     return dist, torch.where(torch.isinf(dist), -1, idx.gather(1, pos)[:, :kk]), uncertain
 
-
-def certifies(precision: str, certify: bool | None) -> bool:
-    """certify=None: on for fp32 (the exact default), off for the reduced-precision settings."""
-    return precision == "fp32" if certify is None else certify
