@@ -1,5 +1,5 @@
-"""benchmarks/gpu_check.py: the whole script on a CPU at tiny shapes (every JSON key), and its GPU-hours
-arithmetic against hand-computed cases and the real contamination rule."""
+"""benchmarks/gpu_check: the whole check on a CPU at tiny shapes (every JSON key); its estimate's grid
+against the harness's own cells and their drawn splits; its helpers against hand-computed cases."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest_data import sweep_env
 
-from benchmarks import gpu_check as gc
-from funad.data.contamination import contaminate
-from funad.data.records import ImageRecord
+from benchmarks.gpu_check import check, driver, estimate, searches, sweep
+from benchmarks.gpu_check.device import count_sync_points
+from funad.data.contamination import CategoryCounts
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,7 +50,7 @@ SWEEP_KEYS = {
 }
 ESTIMATE_KEYS = {
     "ok", "section_s", "grid", "measured_cells", "gpu_hours", "in_full_yaml", "total_gpu_hours",
-    "bank_every_gpu_hours", "bank_every_saving_gpu_hours", "recommended", "rules",
+    "funad_dominant_cells", "bank_every_gpu_hours", "bank_every_saving_gpu_hours", "recommended", "rules",
 }
 
 
@@ -89,14 +89,14 @@ def test_tiny_cpu_run_every_key(tiny_run: tuple[dict, dict]) -> None:
 
     f = r["features"]
     assert set(f) == FEATURE_KEYS and f["ok"]
-    assert f["backbone_forwards"] == f["images"] == gc.FEATURES_TINY.images  # computed, not read from a cache
+    assert f["backbone_forwards"] == f["images"] == check.FEATURES_TINY.images  # computed, not from a cache
     assert f["images_per_s"] > 0 and f["forward_images_per_s"] > 0
     assert f["grid"] == [2, 2] and f["channels"] == 192  # ViT-Ti/16 at 32 px
     assert 0 <= f["max_abs_diff"] <= f["tolerance_rel"] * f["feature_scale"] and f["within_tolerance"]
 
     fa = r["funad"]
     assert set(fa) == FUNAD_KEYS and fa["ok"]
-    assert set(fa["modes"]) == set(gc.GPU_MODES)
+    assert set(fa["modes"]) == set(check.GPU_MODES)
     assert all(v > 0 for v in fa["matmul_tflops"].values())
     for mode, m in fa["modes"].items():
         assert set(m) == MODE_KEYS, mode
@@ -106,12 +106,12 @@ def test_tiny_cpu_run_every_key(tiny_run: tuple[dict, dict]) -> None:
         assert eff > 0 and (eff <= 1.5 or (m["precision"] == "bf16" and not _cpu_has_bf16_units())), mode
         assert m["peak_memory_mb"] is None  # CUDA statistics only
         cost = m["cost_model"]
-        assert cost["fixed_s"] >= 0 and cost["pool_s"] >= 0 and cost["ref_pool"] == gc.TINY.pool
+        assert cost["fixed_s"] >= 0 and cost["pool_s"] >= 0 and cost["ref_pool"] == check.TINY.pool
         assert cost["fixed_s"] + cost["pool_s"] == pytest.approx(m["iter_s"])
     for precision in ("tf32", "bf16"):
         a = fa["agreement"][precision]
         assert 0 <= a["label_agreement"] <= 1 and 0 <= a["pair_jaccard"] <= 1 and 0 <= a["fp32_pos_frac"] <= 1
-    assert set(fa["bank_every"]) == set(gc.BANK_EVERY_MODES)
+    assert set(fa["bank_every"]) == set(check.BANK_EVERY_MODES)
     for mode, b in fa["bank_every"].items():
         assert b["reuse_iter_s"] > 0 and b["reuse_bank_search_s"] > 0
         assert set(b["iter_s"]) == {"1", "2", "5", "10"}
@@ -156,15 +156,15 @@ def test_tiny_cpu_run_every_key(tiny_run: tuple[dict, dict]) -> None:
     hours = e["gpu_hours"]
     assert hours["features"] > 0 and all(h > 0 for h in hours["funad"].values())
     assert all(hours[m] > 0 for m in ("patchcore", "softpatch", "inreach"))
-    assert set(e["total_gpu_hours"]) == set(gc.GPU_MODES)
+    assert set(e["total_gpu_hours"]) == set(check.GPU_MODES)
     assert all(t > 0 for t in e["total_gpu_hours"].values())
     for mode, per in e["bank_every_gpu_hours"].items():
         assert all(h > 0 for h in per.values())
         for k, saving in e["bank_every_saving_gpu_hours"][mode].items():
             assert saving == pytest.approx(hours["funad"][mode] - per[k])
     rec = e["recommended"]
-    assert rec["mode"] in gc.GPU_MODES and rec["total_gpu_hours"] == e["total_gpu_hours"][rec["mode"]]
-    assert rec["meets_target"] == (rec["total_gpu_hours"] <= gc.TARGET_GPU_HOURS)
+    assert rec["mode"] in check.GPU_MODES and rec["total_gpu_hours"] == e["total_gpu_hours"][rec["mode"]]
+    assert rec["meets_target"] == (rec["total_gpu_hours"] <= check.TARGET_GPU_HOURS)
     for section in ("features", "funad", "searches", "sweep", "estimate"):
         assert r[section]["section_s"] > 0
 
@@ -172,117 +172,111 @@ def test_tiny_cpu_run_every_key(tiny_run: tuple[dict, dict]) -> None:
 def test_cuda_requested_without_cuda_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    assert gc.main(["--device", "cuda"]) == gc.EXIT_NO_DEVICE
+    assert driver.main(["--device", "cuda"]) == driver.EXIT_NO_DEVICE
     captured = capsys.readouterr()
     assert captured.out == "" and "torch.cuda.is_available() is False" in captured.err
 
 
-# ---- the GPU-hours arithmetic ------------------------------------------------------------------
+# ---- the estimate's grid is the harness's -----------------------------------------------------
+SPEC_YAML = """name: toy
+datasets:
+  - {{kind: mvtec, root: "{root}", categories: all}}
+backbone: {{resize: 64, crop: 64}}
+contamination: {{ratios: [0.0, 0.1, 0.5], overlap: [false, true], shortfall: augment}}
+seeds: [0, 1]
+methods:
+  funad: {{epochs: [10, 20], batch_size: 4}}
+  patchcore: {{coreset_ratio: [0.1, 0.2]}}
+"""
+
+
+def test_the_estimate_grid_is_the_harness_grid(tmp_path: Path) -> None:
+    """Every cell the harness would run, with the pool and test sizes its drawn split really has: the
+    estimate reads the same sweep file and category counts (not the images) and must agree cell by cell."""
+    from conftest_data import build_mvtec
+
+    from funad.run import open_dataset
+    from harness.cells import expand_cells
+    from harness.spec import load_spec
+
+    root = build_mvtec(tmp_path / "mvtec", {"bottle": {"broken": 6, "scratch": 3}, "wood": {"hole": 3}},
+                       n_train=9, n_good=4)
+    path = tmp_path / "toy.yaml"
+    path.write_text(SPEC_YAML.format(root=root))
+    spec = load_spec(path)
+    dataset = open_dataset({"kind": "mvtec", "root": str(root)})
+    records = {c: dataset.records(c) for c in ("bottle", "wood")}
+    sizes = {("mvtec", c): CategoryCounts.of(r) for c, r in records.items()}
+    want = []
+    for cell in expand_cells(spec):
+        cfg = cell.config
+        split, _ = cfg.split.split(records[cfg.category], seed=cfg.seed, kind="mvtec", category=cfg.category)
+        want.append((cfg.method, cfg.settings, cfg.category, cfg.seed, cfg.split, len(split.train),
+                     len(split.test)))
+    got = [(c.method, c.settings, c.category, c.seed, c.rule, c.amounts.pool, c.amounts.test)
+           for c in estimate.grid_cells(load_spec(path, check_data=False), sizes)]
+    assert sorted(map(repr, got)) == sorted(map(repr, want)) and len(got) == 2 * (2 + 2) * 3 * 2 * 2
+    assert any(c.amounts.copies for c in estimate.grid_cells(spec, sizes))  # wood at 0.5 is augmented
+
+
+def test_the_full_sweep_validates_without_its_datasets() -> None:
+    """sweeps/full.yaml goes through the harness's validation with no dataset root set."""
+    spec = estimate.load_sweep()
+    cells = estimate.grid_cells(spec, estimate.read_sizes())
+    assert {c.method for c in cells} == set(spec.concrete_methods())
+    assert len(cells) == len({(c.method, c.dataset, c.category, c.seed, c.rule) for c in cells})
+
+
+def test_funad_batches_are_what_fit_runs() -> None:
+    """The estimate counts FunAD.batches iterations per epoch; fit runs exactly that many."""
+    import numpy as np
+
+    from funad.featureset import FeatureSet
+    from funad.methods import FitContext, create_method
+    from funad.methods.funad import FunAD
+
+    rng = np.random.default_rng(0)
+    for pool in (3, 9, 12):
+        patches = rng.standard_normal((pool, 2, 2, 8)).astype(np.float16)
+        train = FeatureSet([f"i{k}" for k in range(pool)], patches.mean(axis=(1, 2)), patches,
+                           np.zeros(pool, np.int8))
+        m = create_method("funad", {"epochs": 2, "batch_size": 4})
+        m.fit(train, FitContext(seed=0, device="cpu", map_size=16))
+        assert m.history[-1]["iteration"] == 2 * FunAD.batches(m.settings, pool)[1], pool
+    s = create_method("funad", {"batch_size": 32}).settings
+    assert FunAD.batches(s, 20) == (20, 1) and FunAD.batches(s, 230) == (32, 7)
+
+
+def test_dominant_groups_add_up(tmp_path: Path) -> None:
+    spec = estimate.load_sweep()
+    cells = estimate.grid_cells(spec, estimate.read_sizes())
+    cost = estimate.FunADCost(estimate.LinearCost(1.0, 0.5, 230))
+    out = estimate.gpu_hours(cells, {"fp32": cost}, {}, images=1)
+    groups = out["funad_dominant"]["groups"]
+    assert len(groups) == estimate.TOP_GROUPS and groups == sorted(groups, key=lambda g: -g["gpu_hours"])
+    assert sum(g["gpu_hours"] for g in groups) == pytest.approx(out["funad"]["fp32"] * out["funad_dominant"][
+        "top_share"])
+
+
 SIZES_CSV = """dataset,category,train_normal,test_normal,test_anomalous,source
 toy,big,100,20,30,hand
 toy,small,40,10,8,hand
-other,unused,5,5,5,hand
 """
-SPEC_YAML = """name: toy
-datasets:
-  - {kind: toy, root: /nowhere, categories: all}
-contamination: {ratios: [0.0, 0.1, 0.5], overlap: false, shortfall: cap}
-seeds: [0, 1]
-methods:
-  funad: {epochs: 10}
-  patchcore: {coreset_ratio: [0.1, 0.2]}
-"""
-
-
-@pytest.fixture()
-def toy_grid(tmp_path: Path) -> gc.SweepGrid:
-    (tmp_path / "sizes.csv").write_text(SIZES_CSV)
-    (tmp_path / "spec.yaml").write_text(SPEC_YAML)
-    return gc.read_grid(tmp_path / "spec.yaml", gc.read_sizes(tmp_path / "sizes.csv"))
-
-
-def test_grid_and_cell_shapes_by_hand(toy_grid: gc.SweepGrid) -> None:
-    assert [c.category for c in toy_grid.categories] == ["big", "small"]
-    assert toy_grid.ratios == (0.0, 0.1, 0.5) and toy_grid.seeds == 2
-    assert toy_grid.methods == {
-        "funad": [{"epochs": 10}],
-        "patchcore": [{"coreset_ratio": 0.1}, {"coreset_ratio": 0.2}],  # a list is swept
-    }
-    big, small = toy_grid.categories
-    rule = toy_grid.contamination
-    # big: 30 anomalies, min(10, 15) stay -> 20 can be drawn; small: 8 anomalies, min(10, 4) stay -> 4
-    assert [gc.cell_shape(big, r, rule) for r in toy_grid.ratios] == [(100, 50), (110, 40), (120, 30)]
-    assert [gc.cell_shape(small, r, rule) for r in toy_grid.ratios] == [(40, 18), (44, 14), (44, 14)]
-
-
-def _records(size: gc.CategorySize) -> list[ImageRecord]:
-    def rec(name: str, label: int, split: str) -> ImageRecord:
-        return ImageRecord(name, Path(name), label, split, size.category)
-
-    return (
-        [rec(f"train/{i}", 0, "train") for i in range(size.train_normal)]
-        + [rec(f"good/{i}", 0, "test") for i in range(size.test_normal)]
-        + [rec(f"bad/{i}", 1, "test") for i in range(size.test_anomalous)]
-    )
-
-
-def test_cell_shapes_match_the_contamination_rule() -> None:
-    """cell_shape against contaminate() itself, on records with every real category's counts."""
-    grid = gc.read_grid()
-    for size in grid.categories[::4]:
-        records = _records(size)
-        for ratio in grid.ratios:
-            split = contaminate(records, ratio=ratio, overlap=False, shortfall="cap", key=size.category)
-            assert gc.cell_shape(size, ratio, grid.contamination) == (len(split.train), len(split.test))
-
-
-def test_gpu_hours_by_hand(toy_grid: gc.SweepGrid) -> None:
-    funad = gc.FunADCost(gc.LinearCost(1.0, 0.5, 100), gc.LinearCost(0.2, 0.1, 100))
-    patchcore = gc.CellCost(fit_s=2.0, score_s=1.0, ref_pool=100, ref_test=50, fit_exponent=2.0)
-    out = gc.gpu_hours(toy_grid, {"fp32": funad}, {"patchcore": patchcore}, images_per_s=52.0, bank_every=[2])
-    # FUN-AD: 10 epochs x pool // 32 iterations x (1 + 0.5 * pool / 100) s; big: 3 iterations at pools
-    # 100, 110, 120; small: pools 40, 44, 44 -> one iteration each; two seeds
-    big = 10 * 3 * (1.5 + 1.55 + 1.6)
-    small = 10 * 1 * (1.2 + 1.22 + 1.22)
-    assert out["funad"]["fp32"] == pytest.approx(2 * (big + small) / 3600)
-    # bank_every 2: (rebuild + reuse) / 2, reuse = 0.2 + 0.1 * pool / 100
-    big2 = 10 * 3 * ((1.5 + 0.3) + (1.55 + 0.31) + (1.6 + 0.32)) / 2
-    small2 = 10 * 1 * ((1.2 + 0.24) + 2 * (1.22 + 0.244)) / 2
-    assert out["funad_bank_every"]["fp32"]["2"] == pytest.approx(2 * (big2 + small2) / 3600)
-    # PatchCore: 2 (pool/100)^2 + 1 (pool/100)(test/50) per cell, two grid points x two seeds
-    cells = [(100, 50), (110, 40), (120, 30), (40, 18), (44, 14), (44, 14)]
-    assert sum(2 * (p / 100) ** 2 + (p / 100) * (t / 50) for p, t in cells) == pytest.approx(11.3848)
-    assert out["methods"]["patchcore"] == pytest.approx(2 * 2 * 11.3848 / 3600)
-    assert out["features"] == pytest.approx((150 + 58) / 52.0 / 3600)
-    assert out["cells"] == {"funad": 12, "patchcore": 24}
-
-
-def test_iterations_per_epoch_follow_funad_fit() -> None:
-    assert gc.iterations_per_epoch(230, 32) == 7  # drop_last
-    assert gc.iterations_per_epoch(64, 32) == 2
-    assert gc.iterations_per_epoch(20, 32) == 1  # a pool smaller than the batch is one batch
-
-
-def test_real_grid_is_read_from_full_yaml() -> None:
-    grid = gc.read_grid()
-    assert len(grid.categories) == 15 + 12 and grid.seeds == 3 and len(grid.ratios) == 5
-    assert set(grid.methods) == {"funad", "patchcore", "softpatch"}
-    assert grid.methods["funad"] == [{"epochs": 1500}]
 
 
 def test_bad_size_row_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "sizes.csv"
     path.write_text(SIZES_CSV.replace("toy,small,40,", "toy,small,forty,"))
     with pytest.raises(ValueError, match=r"sizes\.csv:3"):
-        gc.read_sizes(path)
+        estimate.read_sizes(path)
 
 
 # ---- small helpers ----------------------------------------------------------------------------
 def test_max_concurrent_by_hand() -> None:
-    assert gc.max_concurrent([]) == 0
-    assert gc.max_concurrent([(0, 2), (3, 4)]) == 1
-    assert gc.max_concurrent([(0, 2), (2, 4)]) == 2  # touching ends share the instant 2
-    assert gc.max_concurrent([(0, 5), (1, 2), (1.5, 3), (4, 6)]) == 3
+    assert sweep.max_concurrent([]) == 0
+    assert sweep.max_concurrent([(0, 2), (3, 4)]) == 1
+    assert sweep.max_concurrent([(0, 2), (2, 4)]) == 2  # touching ends share the instant 2
+    assert sweep.max_concurrent([(0, 5), (1, 2), (1.5, 3), (4, 6)]) == 3
 
 
 def test_sync_points_counted_and_restored() -> None:
@@ -291,7 +285,7 @@ def test_sync_points_counted_and_restored() -> None:
     before = {name: torch.Tensor.__dict__.get(name) for name in ("item", "__bool__", "__getitem__")}
     x = torch.arange(6)
     counts: Counter[str] = Counter()
-    with gc.count_sync_points(counts):
+    with count_sync_points(counts):
         x.sum().item()
         bool(x.any())
         x[x > 2]
@@ -314,10 +308,10 @@ def test_distance_rule_by_hand() -> None:
     rho, beta = KEY_SLACK["fp32"]
     d = torch.tensor([[1.0], [2.0]])
     allow = 2 * (rho * 1.0 + beta * (1.0 + 9.0))  # row 0: |d| = 1, ||q||^2 = 1, max ||b||^2 = 9
-    assert gc.within_fp32_rounding(d, d + torch.tensor([[0.9 * allow], [0.0]]), q, b).all()
-    assert not gc.within_fp32_rounding(d, d + torch.tensor([[1.1 * allow], [0.0]]), q, b)[0, 0]
+    assert searches.within_fp32_rounding(d, d + torch.tensor([[0.9 * allow], [0.0]]), q, b).all()
+    assert not searches.within_fp32_rounding(d, d + torch.tensor([[1.1 * allow], [0.0]]), q, b)[0, 0]
     inf = torch.tensor([[float("inf")], [2.0]])
-    assert gc.within_fp32_rounding(inf, inf, q, b).all()
-    res = gc.compare_results((d, torch.tensor([[0], [1]])), (d, torch.tensor([[0], [0]])), q, b)
+    assert searches.within_fp32_rounding(inf, inf, q, b).all()
+    res = searches.compare_results((d, torch.tensor([[0], [1]])), (d, torch.tensor([[0], [0]])), q, b)
     assert res["index_agreement"] == 0.5 and not res["same_indices"] and not res["identical"]
     assert res["distances_within_rounding"] and res["max_abs_dist_diff"] == 0.0

@@ -272,6 +272,13 @@ class FunAD(Method):
         assert isinstance(settings, FunADSettings)
         return int(settings.epochs)
 
+    @staticmethod
+    def batches(settings: FunADSettings, pool: int) -> tuple[int, int]:
+        """(images per batch, batches per epoch) for a pool: a pool smaller than batch_size is one
+        whole-pool batch; drop_last drops the incomplete last batch."""
+        bs = min(settings.batch_size, pool)
+        return bs, (pool // bs if settings.drop_last else math.ceil(pool / bs))
+
     # ---- training -----------------------------------------------------------------------
     def fit(self, train: FeatureSet, ctx: FitContext) -> None:
         """Train Local-Net on the unlabelled pool; train.labels feed diagnostics only."""
@@ -297,8 +304,7 @@ class FunAD(Method):
         injected = torch.from_numpy(np.asarray(train.labels) > 0).to(dev)  # diagnostics ONLY
         st = start_training(s, net, gen, cls, patches, injected)
 
-        bs = min(s.batch_size, n)  # a pool smaller than batch_size is one whole-pool batch
-        n_batches = n // bs if s.drop_last else math.ceil(n / bs)
+        bs, n_batches = self.batches(s, n)
         best = -math.inf
         for epoch in range(1, s.epochs + 1):
             perm = torch.randperm(n, generator=gen, device=dev)
