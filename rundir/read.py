@@ -100,6 +100,16 @@ def _load(path: Path, columns: Sequence[str] | None, require: Sequence[str]) -> 
     return pa.table({c: table.column(c) if c in have else pa.nulls(table.num_rows) for c in columns})
 
 
+def _unify(schema: pa.Schema | None, other: pa.Schema, path: Path) -> pa.Schema:
+    """The folder's schema so far with one more file's (`path`): columns added, types widened."""
+    if schema is None:
+        return other
+    try:
+        return pa.unify_schemas([schema, other], promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+        raise UnreadableFile(path, f"column types differ from the folder's earlier files ({exc})") from None
+
+
 def read_file(
     path: str | os.PathLike[str],
     *,
@@ -141,18 +151,12 @@ def read_folder(
     for path in finished_files(folder):
         try:
             table = _load(path, columns, require)
-            try:
-                merged = table.schema if schema is None else pa.unify_schemas(
-                    [schema, table.schema], promote_options="permissive")
-            except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
-                problem = f"column types differ from the folder's other files ({exc})"
-                raise UnreadableFile(path, problem) from None
+            schema = _unify(schema, table.schema, path)
         except UnreadableFile as exc:
             if strict:
                 raise
             skipped.append(Skipped(path, exc.problem))
             continue
-        schema = merged
         tables.append(table)
     if not tables:
         return Read(_empty(columns), skipped)
