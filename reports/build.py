@@ -19,7 +19,7 @@ from reports.compose import compose
 from reports.compute import compute
 from reports.load import load_run
 from reports.write import write_html, write_tables
-from rundir import EXIT_OK, EXIT_USAGE, REPORT_FILE, report_tables_dir
+from rundir import EXIT_OK, EXIT_USAGE, REPORT_FILE, RESULTS_DIR, SPEC_FILE, report_tables_dir
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -35,7 +35,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; prints the report path. Exit codes: rundir.exits."""
     ap = argparse.ArgumentParser(prog="python -m reports.build", description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", type=Path, help="run directory (contains results/, sweep.yaml)")
+    ap.add_argument("run_dir", type=Path, help=f"run directory (contains {RESULTS_DIR}/, {SPEC_FILE})")
     ap.add_argument("--out", type=Path, default=None,
                     help=f"output HTML file (default RUN_DIR/{REPORT_FILE})")
     args = ap.parse_args(argv)
