@@ -1,8 +1,9 @@
 """Read a run directory (Parquet + sweep.yaml + plan.parquet) without importing funad or harness.
 
 The report must rebuild old runs with the methods uninstalled, and must survive a run that is still being
-written or that crashed: temp files (``rundir.is_temp``) are skipped and unreadable files are skipped with a
-warning rather than failing the whole report. Column and file names come from ``rundir``, the run
+written or that crashed: every Parquet file is read through rundir's tolerant readers, so temp files are
+never read and a torn or foreign file is skipped with a warning (kept in ``RunData.problems``, which the
+report shows) rather than failing the whole report. Column and file names come from ``rundir``, the run
 directory's contract.
 """
 
@@ -16,11 +17,11 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from rundir import (
     HISTORY_DIR,
+    HP_PREFIX,
     MAPS_DIR,
     MAPS_SCHEMA,
     METRIC_KEYS,
@@ -30,7 +31,10 @@ from rundir import (
     RESULTS_DIR,
     SCORES_DIR,
     SPEC_FILE,
-    finished_files,
+    Read,
+    cell_file,
+    read_file,
+    read_folder,
 )
 
 METRICS: tuple[str, ...] = METRIC_KEYS
@@ -87,25 +91,18 @@ class RunData:
         return str(runs[0]) if len(runs) else self.run_dir.name
 
 
-def _read_tables(folder: Path, problems: list[str], columns: list[str] | None = None) -> pd.DataFrame:
-    """Read files one by one (not as a dataset) so one bad file or schema drift cannot sink the rest."""
-    frames: list[pd.DataFrame] = []
-    for path in finished_files(folder):
-        try:
-            table = pq.read_table(path)
-            if columns is not None:
-                table = table.select([c for c in columns if c in table.column_names])
-            frames.append(table.to_pandas())
-        except (OSError, pa.ArrowException, ValueError) as exc:
-            msg = f"skipped unreadable file {path}: {type(exc).__name__}: {exc}"
-            warnings.warn(msg, stacklevel=3)
-            problems.append(msg)
-    frames = [f for f in frames if len(f.columns)]
-    if not frames:
-        return pd.DataFrame()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # concat of all-null columns
-        return pd.concat(frames, ignore_index=True, sort=False)
+def _warn(read: Read, problems: list[str]) -> pd.DataFrame:
+    """A tolerant read's rows as a frame; each file it skipped becomes a warning and a problem."""
+    for skipped in read.skipped:
+        msg = f"skipped {skipped.path}: {skipped.reason}"
+        warnings.warn(msg, stacklevel=3)
+        problems.append(msg)
+    return read.table.to_pandas()
+
+
+def _read_folder(folder: Path, problems: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+    """Every readable file of a folder (a bad file or schema drift cannot sink the rest)."""
+    return _warn(read_folder(folder, strict=False, columns=columns), problems)
 
 
 def _ensure_columns(df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
@@ -142,7 +139,7 @@ def _dedupe_results(df: pd.DataFrame) -> pd.DataFrame:
 def load_results(run_dir: Path, problems: list[str] | None = None) -> pd.DataFrame:
     """All result rows of a run, with every expected column present (nulls where absent)."""
     problems = [] if problems is None else problems
-    df = _read_tables(Path(run_dir) / RESULTS_DIR, problems)
+    df = _read_folder(Path(run_dir) / RESULTS_DIR, problems)
     df = _ensure_columns(df, RESULT_COLUMNS)
     df["status"] = df["status"].fillna("failed")
     return _dedupe_results(df)
@@ -151,14 +148,14 @@ def load_results(run_dir: Path, problems: list[str] | None = None) -> pd.DataFra
 def load_history(run_dir: Path, problems: list[str] | None = None) -> pd.DataFrame:
     """Per-step training history of all cells (empty frame with key columns when there is none)."""
     problems = [] if problems is None else problems
-    df = _read_tables(Path(run_dir) / HISTORY_DIR, problems)
+    df = _read_folder(Path(run_dir) / HISTORY_DIR, problems)
     return _ensure_columns(df, HISTORY_COLUMNS)
 
 
 def load_maps(run_dir: Path, problems: list[str] | None = None) -> pd.DataFrame:
     """Gallery examples (PNG bytes) of all cells."""
     problems = [] if problems is None else problems
-    df = _read_tables(Path(run_dir) / MAPS_DIR, problems, columns=list(MAP_COLUMNS))
+    df = _read_folder(Path(run_dir) / MAPS_DIR, problems, columns=list(MAP_COLUMNS))
     for col in MAP_COLUMNS:
         if col not in df.columns:
             df[col] = pd.Series([None] * len(df), dtype="object")
@@ -170,19 +167,15 @@ def load_scores(
 ) -> pd.DataFrame:
     """Per-image scores (optionally only some cells); large, so the report reads them only on demand."""
     problems = [] if problems is None else problems
-    folder = Path(run_dir) / SCORES_DIR
     if cell_ids is None:
-        return _read_tables(folder, problems)
+        return _read_folder(Path(run_dir) / SCORES_DIR, problems)
     frames = []
-    for cid in cell_ids:
-        path = folder / f"{cid}.parquet"
+    for path in (cell_file(run_dir, SCORES_DIR, cid) for cid in cell_ids):
         if path.is_file():
-            try:
-                frames.append(pq.read_table(path).to_pandas())
-            except (OSError, pa.ArrowException, ValueError) as exc:
-                msg = f"skipped unreadable file {path}: {type(exc).__name__}: {exc}"
-                warnings.warn(msg, stacklevel=2)
-                problems.append(msg)
+            read = read_file(path, strict=False)
+            scores = _warn(read, problems)
+            if not read.skipped:
+                frames.append(scores)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -209,13 +202,9 @@ def load_plan(run_dir: Path, problems: list[str] | None = None) -> pd.DataFrame 
     path = Path(run_dir) / PLAN_FILE
     if not path.is_file():
         return None
-    try:
-        return pq.read_table(path).to_pandas()
-    except (OSError, pa.ArrowException, ValueError) as exc:
-        msg = f"skipped unreadable file {path}: {type(exc).__name__}: {exc}"
-        warnings.warn(msg, stacklevel=2)
-        problems.append(msg)
-        return None
+    read = read_file(path, strict=False)
+    plan = _warn(read, problems)
+    return None if read.skipped else plan
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -239,7 +228,7 @@ def load_run(run_dir: str | Path) -> RunData:
 
 def hp_columns(df: pd.DataFrame) -> list[str]:
     """The ``hp_*`` columns present in a frame, in order."""
-    return [c for c in df.columns if c.startswith("hp_")]
+    return [c for c in df.columns if c.startswith(HP_PREFIX)]
 
 
 def parse_versions(value: Any) -> dict[str, Any]:

@@ -151,39 +151,3 @@ def paper_table(main: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd
         "note",
     ]
     return pd.DataFrame(rows, columns=cols)
-
-
-def display_paper(df: pd.DataFrame) -> pd.DataFrame:
-    """Text version for HTML/Markdown: values in %, diff in %-points with a sign."""
-
-    def f(v: object, sign: bool = False) -> str:
-        if v is None or pd.isna(v):
-            return "–"
-        return f"{float(v):+.2f}" if sign else f"{float(v):.2f}"
-
-    out = pd.DataFrame(
-        {
-            "dataset": df["dataset"].astype(str),
-            "method": df["method"].astype(str),
-            "ratio / count": [
-                f"{r:g}" if pd.notna(r) else f"{int(c)} images"
-                for r, c in zip(df["ratio"], df["count"], strict=True)
-            ],
-            "overlap": df["overlap"].map(lambda v: "yes" if bool(v) else "no"),
-            "drawn from": df["contamination_source"].map(
-                lambda v: "whole test set" if v == "all_test" else "test anomalies"),
-            "metric": df["metric"].astype(str),
-            "paper (%)": df["paper"].map(f),
-            "ours (%)": [
-                f(m) + ("" if pd.isna(s) else f" ± {s:.2f}")
-                for m, s in zip(df["ours"], df["ours_std"], strict=True)
-            ],
-            "ours − paper (pp)": df["diff_pp"].map(lambda v: f(v, sign=True)),
-            "n": df["n"].map(lambda v: "–" if pd.isna(v) else str(int(v))),
-            "config": df["config"].astype(str),
-            "status": df["status"].astype(str),
-            "source": df["source"].astype(str),
-            "note": df["note"].astype(str),
-        }
-    )
-    return out.reset_index(drop=True)

@@ -27,9 +27,10 @@ from plotly.subplots import make_subplots
 from reports.load import METRICS
 from reports.stats import RankResult
 from reports.tables import ORACLE_LABEL, variant_label
+from rundir import DIAG_PREFIX
 
 PALETTE = qualitative.Plotly + qualitative.D3
-TRAINING_COLUMNS = ["loss", "loss_bce", "loss_ms", "diag_candidates", "diag_pl_precision"]
+TRAINING_COLUMNS = ["loss", "loss_bce", "loss_ms", f"{DIAG_PREFIX}candidates", f"{DIAG_PREFIX}pl_precision"]
 LAYOUT = dict(
     margin=dict(l=60, r=20, t=60, b=40),
     height=420,
@@ -434,8 +435,10 @@ def training_plots(history: pd.DataFrame, cells: pd.DataFrame, max_cells: int = 
 
 
 #: end-of-fit diagnostics that measure contamination reaching a method's model (read for reports only)
-INJECTED_SHARE_COLUMNS = ("diag_memory_injected_frac", "diag_bank_injected_frac", "diag_cand_injected_frac",
-                          "diag_removed_injected_frac")
+INJECTED_SHARE_COLUMNS = tuple(
+    f"{DIAG_PREFIX}{name}"
+    for name in ("memory_injected_frac", "bank_injected_frac", "cand_injected_frac", "removed_injected_frac")
+)
 
 
 def diagnostic_plots(ok: pd.DataFrame, history: pd.DataFrame) -> list[Plot]:
@@ -452,12 +455,12 @@ def diagnostic_plots(ok: pd.DataFrame, history: pd.DataFrame) -> list[Plot]:
     pool = pd.to_numeric(df["n_train_pool"], errors="coerce") if "n_train_pool" in df else pd.Series(np.nan)
     df["_x"] = pd.to_numeric(df["n_injected"], errors="coerce") / pool.where(pool > 0)
     for method, rows in df.groupby("method", sort=True):
-        cols = [c for c in rows.columns if c.startswith("diag_") and rows[c].notna().any()]
+        cols = [c for c in rows.columns if c.startswith(DIAG_PREFIX) and rows[c].notna().any()]
         if not cols or rows["_x"].isna().all():
             continue
         ncols = min(3, len(cols))
         nrows = (len(cols) + ncols - 1) // ncols
-        titles = [c.removeprefix("diag_") for c in cols]
+        titles = [c.removeprefix(DIAG_PREFIX) for c in cols]
         fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles, vertical_spacing=0.18)
         cats = sorted(rows["category"].dropna().astype(str).unique())
         shades = sample_colorscale("Viridis", [i / max(1, len(cats) - 1) for i in range(len(cats))])

@@ -17,6 +17,7 @@ same contaminated split for every method, so the differences are paired. All tes
 
 Every random draw is seeded from the key of what it computes, so a report is reproducible and does not depend
 on the order of the rows. Where a number cannot be computed the row's ``note`` says why and the number is NaN.
+Everything here returns numbers (frames, :class:`RankResult`); their display text is reports.format's.
 """
 
 from __future__ import annotations
@@ -26,15 +27,14 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from reports.load import METRICS, load_scores
-from reports.tables import KEYS, num, variant_label, with_protocol
+from reports.load import METRICS
+from reports.tables import KEYS, variant_label, with_protocol
 from rundir import PROTOCOL_DEFAULTS
 
 ALPHA = 0.05
@@ -530,14 +530,16 @@ def auroc_ci(labels: np.ndarray, scores: np.ndarray, key: str) -> dict[str, Any]
     return out
 
 
-def cell_uncertainty(
-    run_dir: str | Path, ok: pd.DataFrame, problems: list[str] | None = None
-) -> pd.DataFrame:
-    """Per-cell AUROC CIs of the ok cells from ``scores/<cell_id>.parquet`` (label and score only)."""
-    ids = [str(c) for c in ok["cell_id"].dropna().unique()] if len(ok) else []
+def ok_cell_ids(ok: pd.DataFrame) -> list[str]:
+    """The cells whose per-image scores :func:`cell_uncertainty` needs (``scores/<cell_id>.parquet``)."""
+    return [str(c) for c in ok["cell_id"].dropna().unique()] if len(ok) else []
+
+
+def cell_uncertainty(ok: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    """Per-cell AUROC CIs of the ok cells from their per-image scores (label and score only)."""
+    ids = ok_cell_ids(ok)
     if not ids:
         return pd.DataFrame(columns=CELL_CI_COLUMNS)
-    scores = load_scores(Path(run_dir), ids, problems)
     grouped = (
         dict(tuple(scores.groupby("cell_id", sort=False)))
         if {"cell_id", "label", "score"} <= set(scores.columns)
@@ -570,151 +572,6 @@ def category_cell_ci(cat: pd.DataFrame, ok: pd.DataFrame, cell_ci: pd.DataFrame)
     return pd.Series(merged["_hw"].to_numpy(), index=cat.index, dtype="float64")
 
 
-# ------------------------------------------------------------------------------------------ display text
-
-
-def pp(value: Any) -> str:
-    """Signed percentage points (metrics are stored in [0, 1]); '–' for missing."""
-    return "–" if value is None or pd.isna(value) else f"{100 * float(value):+.2f}"
-
-
-def diff_ci(mean: Any, low: Any, high: Any) -> str:
-    """``-3.21 [-4.00, -2.10]`` in percentage points."""
-    text = pp(mean)
-    if pd.notna(low) and pd.notna(high):
-        text += f" [{pp(low)}, {pp(high)}]"
-    return text
-
-
-def pval(p: Any) -> str:
-    """p-values with three significant digits; '–' where no test ran."""
-    return "–" if p is None or pd.isna(p) else f"{float(p):.3g}"
-
-
-def _level(ratio: Any, count: Any) -> str:
-    return f"{float(ratio):g}" if pd.notna(ratio) else (f"{int(count)} injected" if pd.notna(count) else "–")
-
-
-def _metric_notes(df: pd.DataFrame) -> str:
-    """One note cell for a wide row: each distinct note once, prefixed by the metrics it applies to."""
-    by_note: dict[str, list[str]] = {}
-    for metric, note in zip(df["metric"], df["note"], strict=True):
-        for part in str(note).split("; ") if note else []:
-            by_note.setdefault(part, []).append(str(metric))
-    return "; ".join(f"{', '.join(ms)}: {n}" if len(ms) < len(df) else n for n, ms in by_note.items())
-
-
-def display_pairwise(df: pd.DataFrame) -> pd.DataFrame:
-    """Wide text table: one row per dataset × ratio × pair; per metric ``Δ (pp) [95 % CI]`` and p."""
-    cols = ["dataset", "overlap", "ratio", "variant_a", "variant_b", "n"]
-    if df.empty:
-        return pd.DataFrame(columns=cols)
-    rows = []
-    keys = [*GROUP, "variant_a", "variant_b"]
-    for gkey, g in df.groupby(keys, dropna=False, sort=False):
-        k = dict(zip(keys, gkey, strict=True))
-        row = {
-            "dataset": str(k["dataset"]),
-            "overlap": "yes" if bool(k["overlap"]) else "no",
-            "ratio": _level(k["ratio"], k["count"]),
-            "variant_a": k["variant_a"],
-            "variant_b": k["variant_b"],
-            "n": num(int(g["n"].max()), 0),
-        }
-        for r in g.itertuples(index=False):
-            row[f"{r.metric} a − b (pp) [95% CI]"] = diff_ci(r.mean_diff, r.ci_low, r.ci_high)
-            row[f"{r.metric} p"] = pval(r.p_wilcoxon)
-            if r.metric == CELL_METRIC:
-                row[f"{r.metric} within cell noise"] = (
-                    "–"
-                    if r.within_cell_noise is None or pd.isna(r.within_cell_noise)
-                    else ("yes" if r.within_cell_noise else "no")
-                )
-        row["note"] = _metric_notes(g)
-        rows.append(row)
-    return pd.DataFrame(rows).fillna("–")
-
-
-def display_robustness(df: pd.DataFrame) -> pd.DataFrame:
-    """Wide text table: one row per dataset × variant × ratio; per metric the change from ratio 0 [CI]."""
-    cols = ["dataset", "overlap", "variant", "ratio", "n"]
-    if df.empty:
-        return pd.DataFrame(columns=cols)
-    rows = []
-    keys = ["dataset", "overlap", "variant", "ratio", "count"]
-    for gkey, g in df.groupby(keys, dropna=False, sort=False):
-        k = dict(zip(keys, gkey, strict=True))
-        row = {
-            "dataset": str(k["dataset"]),
-            "overlap": "yes" if bool(k["overlap"]) else "no",
-            "variant": k["variant"],
-            "ratio": _level(k["ratio"], k["count"]),
-            "n": num(int(g["n"].max()), 0),
-        }
-        for r in g.itertuples(index=False):
-            row[f"Δ {r.metric} (pp) [95% CI]"] = diff_ci(r.mean_diff, r.ci_low, r.ci_high)
-        row["note"] = _metric_notes(g)
-        rows.append(row)
-    return pd.DataFrame(rows).fillna("–")
-
-
-def display_ranks(results: list[RankResult]) -> pd.DataFrame:
-    """One row per rank result: the ranking, Friedman χ² and p, CD, and why anything is missing."""
-    rows = []
-    for r in results:
-        ranking = " < ".join(
-            f"{lab} ({rank:.2f})" for lab, rank in zip(r.labels, r.ranks, strict=True) if pd.notna(rank)
-        )
-        rows.append(
-            {
-                "dataset": r.dataset,
-                "overlap": "yes" if r.overlap else "no",
-                "ratio": _level(r.ratio, r.count),
-                "metric": r.metric,
-                "k": str(r.k),
-                "N (categories)": str(r.n_categories),
-                "average ranks (1 = best)": ranking or "–",
-                "Friedman χ²": num(r.friedman_stat, 3),
-                "Friedman p": pval(r.friedman_p),
-                "CD (α 0.05)": num(r.cd, 3),
-                "note": r.note,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-CELL_CI_HEADER = f"{CELL_METRIC} cell 95% CI ± (%)"
-
-
-def display_category_ci(shown: pd.DataFrame, cat: pd.DataFrame) -> pd.DataFrame:
-    """The per-category text table with the cells' AUROC CI half-width right after the image AUROC column."""
-    if shown.empty or "image_auroc_cell_hw" not in cat.columns:
-        return shown
-    out = shown.copy()
-    after = f"{CELL_METRIC} (%)"
-    at = list(out.columns).index(after) + 1 if after in out.columns else len(out.columns)
-    text = ["–" if pd.isna(v) else f"{100 * float(v):.2f}" for v in cat["image_auroc_cell_hw"]]
-    out.insert(at, CELL_CI_HEADER, text)
-    return out
-
-
-def display_cells(df: pd.DataFrame) -> pd.DataFrame:
-    """Per-cell CIs as text (in %)."""
-    if df.empty:
-        return df
-    out = pd.DataFrame({"cell_id": df["cell_id"].astype(str)})
-    out["n_pos"] = df["n_pos"].map(lambda v: num(v, 0))
-    out["n_neg"] = df["n_neg"].map(lambda v: num(v, 0))
-    out["AUROC of scores (%)"] = df["auroc_scores"].map(lambda v: "–" if pd.isna(v) else f"{100 * v:.2f}")
-    out["95% CI (%)"] = [
-        "–" if pd.isna(lo) else f"[{100 * lo:.2f}, {100 * hi:.2f}]"
-        for lo, hi in zip(df["ci_low"], df["ci_high"], strict=True)
-    ]
-    out["± (%)"] = df["half_width"].map(lambda v: "–" if pd.isna(v) else f"{100 * v:.2f}")
-    out["note"] = df["note"].fillna("").astype(str)
-    return out
-
-
 __all__ = [
     "ALPHA",
     "CD_METRICS",
@@ -725,12 +582,8 @@ __all__ = [
     "category_cell_ci",
     "cell_uncertainty",
     "cliques",
-    "display_category_ci",
-    "display_cells",
-    "display_pairwise",
-    "display_ranks",
-    "display_robustness",
     "nemenyi_cd",
+    "ok_cell_ids",
     "pair_wins",
     "paired_summary",
     "pairwise_table",

@@ -12,19 +12,19 @@ Aggregation (docs/protocol.md, "Reporting rules"):
   ``n_categories`` = categories that contributed. A single seed gives std = NaN (shown as "–").
 
 Headline metrics are the last-epoch ones. ``oracle_*`` (best epoch chosen on the test set) live only in
-:func:`oracle_table`, whose headers say so.
+:func:`oracle_table`, whose headers say so. The tables hold numbers (metrics in [0, 1]); their display text
+is reports.format's.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from reports.load import METRICS, ORACLE, hp_columns
-from rundir import PROTOCOL_DEFAULTS
+from reports.load import METRICS, ORACLE, hp_columns, parse_versions
+from rundir import HP_PREFIX, PROTOCOL_DEFAULTS
 
 #: a cell group: rows that differ in any of these are never averaged together (the contamination source
 #: and ratio definition included: papers mean different things by "10 % noise", docs/protocol.md)
@@ -59,7 +59,9 @@ def _config_labels(df: pd.DataFrame, swept: dict[str, list[str]]) -> pd.Series:
 
     def label(row: pd.Series) -> str:
         parts = [
-            f"{c[3:]}={_fmt_value(row[c])}" for c in swept.get(str(row["method"]), []) if pd.notna(row[c])
+            f"{c.removeprefix(HP_PREFIX)}={_fmt_value(row[c])}"
+            for c in swept.get(str(row["method"]), [])
+            if pd.notna(row[c])
         ]
         if multi_backbone and pd.notna(row["backbone"]):
             parts.insert(0, str(row["backbone"]))
@@ -160,7 +162,8 @@ def sensitivity_table(ok: pd.DataFrame) -> pd.DataFrame:
     for method, hps in swept_settings(ok).items():
         rows = ok[ok["method"] == method]
         for hp in hps:
-            sub = rows[rows[hp].notna()].assign(setting=hp[3:], value=rows[hp].astype(float))
+            sub = rows[rows[hp].notna()]
+            sub = sub.assign(setting=hp.removeprefix(HP_PREFIX), value=sub[hp].astype(float))
             keys = ["dataset", "method", "setting", "value", "overlap", "ratio", "count"]
             frames.append(aggregate(sub, list(METRICS), keys=keys))
     if not frames:
@@ -271,152 +274,16 @@ def missing_cells(plan: pd.DataFrame | None, results: pd.DataFrame) -> pd.DataFr
     ).reset_index(drop=True)
 
 
-# ----------------------------------------------------------------------------------------------- formatting
-
-
-def pct(mean: Any, std: Any = None) -> str:
-    """``98.45 ± 0.12`` in % (metrics are stored in [0, 1]); '–' for missing."""
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)) or pd.isna(mean):
-        return "–"
-    text = f"{100 * float(mean):.2f}"
-    if std is not None and not pd.isna(std):
-        text += f" ± {100 * float(std):.2f}"
-    return text
-
-
-def num(value: Any, digits: int = 2) -> str:
-    """Plain number text; '–' for missing."""
-    if value is None or pd.isna(value):
-        return "–"
-    if isinstance(value, int | np.integer) or (
-        isinstance(value, float) and float(value).is_integer() and abs(value) < 1e12 and digits == 0
-    ):
-        return str(int(value))
-    return f"{float(value):.{digits}f}"
-
-
-def _key_text(df: pd.DataFrame) -> pd.DataFrame:
-    """Readable key columns: ratio/count, overlap as yes/no; drop constant-empty ones."""
-    out = pd.DataFrame(index=df.index)
-    names = {"contamination_source": "drawn from", "ratio_of": "ratio of"}
-    order = ["dataset", "method", "config", "category", "setting", "value", "overlap",
-             "contamination_source", "ratio_of", "ratio", "count"]
-    for c in order:
-        if c not in df.columns:
-            continue
-        if c == "overlap":
-            out[c] = df[c].map(lambda v: "yes" if bool(v) else "no")
-        elif c in ("ratio", "value"):
-            out[c] = df[c].map(lambda v: "–" if pd.isna(v) else f"{float(v):g}")
-        elif c == "count":
-            if df[c].notna().any():
-                out["count"] = df[c].map(lambda v: "–" if pd.isna(v) else str(int(v)))
-        elif c == "config":
-            if df[c].astype(str).str.len().gt(0).any():
-                out[c] = df[c].astype(str)
-        elif c in names:
-            out[names[c]] = df[c].astype(str)
-        else:
-            out[c] = df[c].astype(str)
-    return out
-
-
-def display(df: pd.DataFrame, values: list[str] | None = None, label: str = "") -> pd.DataFrame:
-    """Turn an aggregated table into text columns: keys, n, then ``metric (%)`` = mean ± std.
-
-    ``label`` prefixes metric headers (used for the oracle table: "oracle (best-on-test epoch) image_auroc").
-    """
-    values = list(METRICS if values is None else values)
-    out = _key_text(df)
-    for c in ("n", "n_categories"):
-        if c in df.columns:
-            out[c] = df[c].map(lambda v: num(v, 0))
-    for v in values:
-        if f"{v}_mean" not in df.columns:
-            continue
-        head = f"{label} {v.removeprefix('oracle_') if label else v}".strip()
-        if v == "oracle_epoch":
-            out[head] = [
-                num(m, 1) + ("" if pd.isna(s) else f" ± {float(s):.1f}")
-                for m, s in zip(df[f"{v}_mean"], df[f"{v}_std"], strict=True)
-            ]
-        else:
-            out[f"{head} (%)"] = [pct(m, s) for m, s in zip(df[f"{v}_mean"], df[f"{v}_std"], strict=True)]
-    return out.reset_index(drop=True)
-
-
-def display_cost(df: pd.DataFrame) -> pd.DataFrame:
-    """Cost table as text (seconds with one decimal, GPU-hours with three)."""
-    out = pd.DataFrame({"method": df["method"].astype(str)})
-    for c in ("cells", "ok", "failed"):
-        out[c] = df[c].map(lambda v: num(v, 0))
-    for c in ("wall_s_mean", "wall_s_total", "feature_s_mean", "fit_s_mean", "eval_s_mean"):
-        out[c] = df[c].map(lambda v: num(v, 1))
-    out["gpu_hours"] = df["gpu_hours"].map(lambda v: num(v, 3))
-    out["peak_rss_mb_max"] = df["peak_rss_mb_max"].map(lambda v: num(v, 0))
-    out["peak_gpu_mb_max"] = df["peak_gpu_mb_max"].map(lambda v: num(v, 0))
-    out["devices"] = df["devices"].astype(str)
-    return out.reset_index(drop=True)
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    """GitHub-style Markdown table of a text frame (pipes and newlines escaped)."""
-
-    def cell(v: Any) -> str:
-        text = str(v).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
-        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-    if df.empty:
-        return "_(no rows)_\n"
-    lines = [
-        "| " + " | ".join(cell(c) for c in df.columns) + " |",
-        "|" + "|".join("---" for _ in df.columns) + "|",
-    ]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-_LATEX = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "<": r"\textless{}",
-    ">": r"\textgreater{}",
-}
-
-
-def latex_escape(text: Any) -> str:
-    """Escape LaTeX specials so names like ``metal_nut`` compile."""
-    return "".join(_LATEX.get(ch, ch) for ch in str(text))
-
-
-def to_latex(df: pd.DataFrame, caption: str) -> str:
-    """A booktabs table (no pandas/jinja dependency); ``±`` becomes ``$\\pm$``."""
-    cols = list(df.columns)
-    body = []
-    for row in df.itertuples(index=False):
-        body.append(" & ".join(latex_escape(v).replace("±", r"$\pm$") for v in row) + r" \\")
-    return "\n".join(
-        [
-            r"\begin{table}[t]",
-            r"\centering",
-            r"\small",
-            r"\begin{tabular}{" + "l" * len(cols) + "}",
-            r"\toprule",
-            " & ".join(latex_escape(c) for c in cols) + r" \\",
-            r"\midrule",
-            *body,
-            r"\bottomrule",
-            r"\end{tabular}",
-            r"\caption{" + latex_escape(caption) + "}",
-            r"\end{table}",
-            "",
-        ]
-    )
+def environment_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Distinct library versions, commits, devices and nodes, with how many cells used each."""
+    rows: list[dict[str, object]] = []
+    counts: dict[tuple[str, str], int] = {}
+    for v in results["versions"]:
+        for k, val in parse_versions(v).items():
+            counts[(str(k), str(val))] = counts.get((str(k), str(val)), 0) + 1
+    for col in ("git_commit", "device", "node", "backbone"):
+        for val, n in results[col].dropna().astype(str).value_counts().items():
+            counts[(col, str(val))] = int(n)
+    for (k, val), n in sorted(counts.items()):
+        rows.append({"item": k, "value": val, "cells": n})
+    return pd.DataFrame(rows, columns=["item", "value", "cells"])

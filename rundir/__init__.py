@@ -1,6 +1,7 @@
 """The run directory's contract, shared by the harness (which writes it) and the report (which reads
-it): file and folder names, the Parquet columns, and the one atomic-write rule. Only the standard
-library and pyarrow, so `reports/` can use it without importing `funad` or `harness`."""
+it): file and folder names, the Parquet columns, the one atomic-write rule and temp rule, the readers
+of its Parquet files, and the exit codes of every command. Only the standard library and pyarrow, so
+`reports/` can use it without importing `funad` or `harness`."""
 
 from rundir.columns import (
     CELL_FIELDS,
@@ -18,6 +19,7 @@ from rundir.columns import (
     RESULT_FIELDS,
     SCORES_SCHEMA,
 )
+from rundir.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from rundir.layout import (
     CELL_DIRS,
     FEATURES_DIR,
@@ -25,6 +27,7 @@ from rundir.layout import (
     HISTORY_DIR,
     LIVE_FILE,
     MAPS_DIR,
+    PARQUET_SUFFIX,
     PLAN_FILE,
     REPORT_FILE,
     RESULTS_DIR,
@@ -32,21 +35,29 @@ from rundir.layout import (
     SCORES_DIR,
     SPEC_FILE,
     SPLITS_DIR,
+    TABLES_SUFFIX,
     TEMP_SUFFIX,
     TUNE_DIR,
     atomic_write,
+    cell_file,
     finished_files,
+    is_hidden,
     is_temp,
-    readable_rows,
     remove_leftover_temps,
+    report_tables_dir,
     temp_prefix,
 )
+from rundir.read import Read, Skipped, UnreadableFile, read_file, read_folder, readable_rows
 
 __all__ = [
     "CELL_DIRS",
     "CELL_FIELDS",
     "DIAG_PREFIX",
     "EVAL_KEYS",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
     "EXTRA_RESULT_FIELDS",
     "FEATURES_DIR",
     "FILE_MODE",
@@ -59,6 +70,7 @@ __all__ = [
     "MAPS_SCHEMA",
     "METRIC_KEYS",
     "ORACLE_KEYS",
+    "PARQUET_SUFFIX",
     "PLAN_FIELDS",
     "PLAN_FILE",
     "PROTOCOL_DEFAULTS",
@@ -70,12 +82,21 @@ __all__ = [
     "SCORES_SCHEMA",
     "SPEC_FILE",
     "SPLITS_DIR",
+    "TABLES_SUFFIX",
     "TEMP_SUFFIX",
     "TUNE_DIR",
+    "Read",
+    "Skipped",
+    "UnreadableFile",
     "atomic_write",
+    "cell_file",
     "finished_files",
+    "is_hidden",
     "is_temp",
+    "read_file",
+    "read_folder",
     "readable_rows",
     "remove_leftover_temps",
+    "report_tables_dir",
     "temp_prefix",
 ]

@@ -1,17 +1,18 @@
 """The run directory's names and its one write rule (temp file in the same folder, then rename).
 
 Every writer of a run directory (the harness's store, the live status, the report) goes through
-`atomic_write`, so a reader never sees a half-written file, and every reader skips what `is_temp`
-names: a writer killed mid-write leaves only a temp file, never a final name.
+`atomic_write`, so a reader never sees a half-written file: a writer killed mid-write leaves only a
+temp file (`is_temp`), never a final name. Readers skip every dot-file (`is_hidden`), temp files among
+them; a starting driver deletes only temp files (`remove_leftover_temps`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 RESULTS_DIR = "results"
 SCORES_DIR = "scores"
@@ -37,40 +38,56 @@ LIVE_FILE = "live.json"
 #: mode of every file written here: readable by the other users of a shared run directory
 FILE_MODE = 0o644
 TEMP_SUFFIX = ".tmp"
+#: every per-cell file is `<cell_id>.parquet`; a folder's files of any other suffix are not the run's
+PARQUET_SUFFIX = ".parquet"
+#: the report's tables sit next to its HTML: report.html -> report_tables/
+TABLES_SUFFIX = "_tables"
 
 
 def temp_prefix(name: str) -> str:
     """Temp files of `name` are `.<name>.<random>.tmp`: hidden (dataset readers skip dot-files) and
-    marked ".tmp" (our readers skip those too)."""
+    marked ".tmp"."""
     return f".{name}."
 
 
+# `.<name>.<random>.tmp`, `<random>` being tempfile.mkstemp's 8 characters of a-z, 0-9 and "_": only
+# atomic_write makes such names, so no dot-file of another writer is taken for one of ours
+_TEMP_NAME = re.compile(rf"^\..+\.[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}$")
+
+
 def is_temp(path: str | os.PathLike[str]) -> bool:
-    """Whether a file is an in-flight (or abandoned) write rather than a finished file."""
-    name = Path(path).name
-    return name.startswith(".") or TEMP_SUFFIX in name
+    """Whether a file is atomic_write's temp file (`.<name>.<random>.tmp`): an in-flight write, or one
+    a killed writer abandoned. The one temp rule: readers never read these, and remove_leftover_temps
+    deletes exactly these."""
+    return bool(_TEMP_NAME.match(Path(path).name))
+
+
+def is_hidden(path: str | os.PathLike[str]) -> bool:
+    """Whether a file is a dot-file. No finished file of a run starts with "." (cell ids and the fixed
+    names never do), so readers skip every dot-file: our temp files, and other tools' (macOS's `._x`,
+    NFS's `.nfs*`, an editor's swap file), which are never read and never deleted."""
+    return Path(path).name.startswith(".")
+
+
+def cell_file(run_dir: str | os.PathLike[str], folder: str, cell_id: str) -> Path:
+    """The file of one cell in one of the per-cell folders (CELL_DIRS)."""
+    return Path(run_dir) / folder / f"{cell_id}{PARQUET_SUFFIX}"
+
+
+def report_tables_dir(report: str | os.PathLike[str]) -> Path:
+    """The folder of a report's table files: `<report stem>_tables/` next to the HTML."""
+    report = Path(report)
+    return report.parent / f"{report.stem}{TABLES_SUFFIX}"
 
 
 def finished_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """A per-cell folder's whole Parquet files, sorted (temp files of in-flight or killed writes are not
-    files of the run); none when the folder does not exist."""
+    """A per-cell folder's whole Parquet files, sorted (temp files of in-flight or killed writes, and
+    any other dot-file, are not files of the run); none when the folder does not exist."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".parquet" and not is_temp(p))
-
-
-def readable_rows(folder: str | os.PathLike[str], columns: list[str]) -> Iterator[dict[str, Any]]:
-    """`columns` of every row of a folder's finished files; a torn or foreign file (unreadable, or
-    without those columns) is skipped: for resume and status, its cell has not finished."""
-    import pyarrow.parquet as pq
-
-    for path in finished_files(folder):
-        try:
-            rows = pq.read_table(path, columns=columns).to_pylist()
-        except Exception:  # noqa: BLE001 - any damage means "not finished", never a crash
-            continue
-        yield from rows
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix == PARQUET_SUFFIX and not is_hidden(p))
 
 
 def remove_leftover_temps(run_dir: str | os.PathLike[str]) -> list[Path]:
@@ -86,7 +103,7 @@ def remove_leftover_temps(run_dir: str | os.PathLike[str]) -> list[Path]:
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            if p.is_file() and p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX):
+            if p.is_file() and is_temp(p):
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed

@@ -349,39 +349,3 @@ def test_a_newer_version_s_columns_reach_old_files_without_a_spec_change(tmp_pat
     assert pq.read_schema(path).remove_metadata().equals(result_schema(methods))
     assert any("rewrote 1" in line for line in logs)
     assert "split_source" in pd.read_parquet(run / "results").columns
-
-
-def test_leftover_temps_of_killed_writers_are_removed(tmp_path: Path) -> None:
-    from rundir import atomic_write, remove_leftover_temps
-
-    run = tmp_path / "run"
-    kept = [atomic_write(run / "live.json", "{}"), atomic_write(run / "results" / "a.parquet", b"x")]
-    # what a SIGKILL mid-write leaves: the temp name atomic_write uses, in the run's own folders
-    left = [run / ".live.json.k1ll3d.tmp", run / "results" / ".a.parquet.x1.tmp",
-            run / "scores" / ".a.parquet.x2.tmp", run / "splits" / ".a.csv.x3.tmp"]
-    # features/ and tune/ have writers of their own (another run's extraction, Ray Tune): untouched
-    foreign = [run / "features" / ".pack.npy.x4.tmp", run / "tune" / ".state.x5.tmp",
-               run / "results" / ".keep"]
-    for p in left + foreign:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(b"half")
-    assert sorted(remove_leftover_temps(run)) == sorted(left)
-    assert not any(p.exists() for p in left) and all(p.exists() for p in kept + foreign)
-    assert remove_leftover_temps(tmp_path / "no-run") == []
-
-
-def test_finished_files_and_readable_rows_skip_temps_and_torn_files(tmp_path: Path) -> None:
-    from rundir import finished_files, readable_rows
-
-    folder = tmp_path / "results"
-    folder.mkdir()
-    whole = folder / "a.parquet"
-    pq.write_table(pa.table({"cell_id": ["a"], "status": ["ok"]}), whole)
-    torn = folder / "b.parquet"
-    torn.write_bytes(whole.read_bytes()[:40])
-    (folder / ".c.parquet.x1.tmp").write_bytes(whole.read_bytes())
-    (folder / "d.parquet").mkdir()
-    pq.write_table(pa.table({"cell_id": ["e"]}), folder / "e.parquet")  # foreign: no status column
-    assert finished_files(folder) == [whole, torn, folder / "e.parquet"]
-    assert list(readable_rows(folder, ["cell_id", "status"])) == [{"cell_id": "a", "status": "ok"}]
-    assert finished_files(tmp_path / "missing") == [] and list(readable_rows(tmp_path / "missing", [])) == []
