@@ -19,6 +19,7 @@ from typing import Any
 
 from funad.data.synthetic import CATEGORIES, ensure_generated
 from funad.run import CellConfig, run_cell
+from rundir import EXIT_OK
 
 VARIANTS: dict[str, dict[str, str]] = {
     "fp32": {},
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if c["variant"] != "fp32"
     ]
     print(json.dumps(out))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

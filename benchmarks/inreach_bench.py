@@ -31,6 +31,7 @@ import funad.methods.inreach as inreach_mod
 from funad.featureset import FeatureSet
 from funad.methods import create_method
 from funad.methods.base import FitContext
+from rundir import EXIT_OK
 
 KEYS = ("inreach_fit_s", "inreach_score_s", "inreach_assoc_efficiency")
 #: MVTec hazelnut at ratio 0.1 with ViT-B/8 features
@@ -182,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.n_test is not None:
         shapes["n_test"] = args.n_test
     print(json.dumps(run_inreach_bench(**shapes, device=args.device), default=float))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.sweep_bench import read_results, run_sweep
+from rundir import EXIT_FAILED, EXIT_OK
 
 #: the real-size backbone: ViT-B/8 DINO, 28x28 grid of 768-channel tokens (+ CLS)
 BACKBONE: dict[str, Any] = {"name": "vit_base_patch8_224.dino", "weights": "hub", "resize": 224, "crop": 224}
@@ -831,7 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratio=a.ratio, mmap_threshold=None if a.default_malloc else DEFAULT_MMAP_THRESHOLD,
     )
     print(json.dumps(res, default=str), flush=True)
-    return 0 if res.get("reason") is None else 1
+    return EXIT_OK if res.get("reason") is None else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from benchmarks.irmb_bench import CPU_SHAPES, run_irmb_bench
 from benchmarks.memory_bench import run_memory_bench
 from benchmarks.sweep_bench import KEYS as SWEEP_KEYS
 from benchmarks.sweep_bench import run_sweep_bench
+from rundir import EXIT_OK
 
 
 def provenance() -> dict[str, Any]:
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["memory_vit_sizes"] = mem
     result["bench_wall_s"] = time.perf_counter() - t0
     print(json.dumps(result, default=float))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

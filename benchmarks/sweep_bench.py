@@ -135,12 +135,12 @@ def _features_mb(cache: Path) -> float:
 
 def read_results(run_dir: str) -> Any:
     """The run directory's results table (pandas), one row per cell."""
-    import pandas as pd
+    from rundir import RESULTS_DIR, read_folder
 
-    files = sorted(Path(run_dir).glob("results/*.parquet"))
-    if not files:
+    table = read_folder(Path(run_dir) / RESULTS_DIR, strict=True).table
+    if table.num_rows == 0:
         raise FileNotFoundError(f"no results/*.parquet under {run_dir}")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return table.to_pandas()
 
 
 def _overhead(run: dict[str, Any], concurrency: int) -> dict[str, Any]:

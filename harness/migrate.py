@@ -20,7 +20,16 @@ import yaml
 from harness.cells import is_axis, list_valued_settings
 from harness.rows import to_json
 from harness.schema import Methods, history_schema, result_schema
-from rundir import HISTORY_DIR, RESULTS_DIR, SCHEMA_METHODS_FILE, SPEC_FILE, atomic_write, is_temp
+from rundir import (
+    HISTORY_DIR,
+    RESULTS_DIR,
+    SCHEMA_METHODS_FILE,
+    SPEC_FILE,
+    atomic_write,
+    finished_files,
+    read_file,
+    read_schema,
+)
 
 
 def merge_methods(*mappings: Methods | None) -> dict[str, dict[str, Any]]:
@@ -70,16 +79,14 @@ def _rewrite(run_dir: Path, merged: Methods, log: Callable[[str], None] | None) 
         folder = run_dir / folder_name
         if not folder.is_dir():
             continue
-        for p in sorted(folder.glob("*.parquet")):
-            if is_temp(p):
+        for p in finished_files(folder):
+            have = read_schema(p)
+            if have is None or have.equals(schema):  # unreadable: the resume logic treats it as missing
                 continue
-            try:
-                have = pq.read_schema(p).remove_metadata()
-            except Exception:  # unreadable: the resume logic treats it as missing
+            read = read_file(p, strict=False)
+            if read.skipped:
                 continue
-            if have.equals(schema):
-                continue
-            table = pq.read_table(p)
+            table = read.table
             dropped |= set(table.column_names) - set(schema.names)
             new = _conform(table, schema)
             atomic_write(p, lambda tmp, new=new: pq.write_table(new, tmp))
@@ -112,7 +119,7 @@ def unify_run_schema(
     # every file is compared with the schema even when the methods did not change: a newer version of
     # the project may have added fixed columns (rows of both versions must still read as one table)
     tables = (run_dir / RESULTS_DIR, run_dir / HISTORY_DIR)
-    if any(t.is_dir() and any(t.glob("*.parquet")) for t in tables):
+    if any(finished_files(t) for t in tables):
         _rewrite(run_dir, merged, log)
     if not (schema_file.is_file() and previous == merged):
         atomic_write(schema_file, yaml.safe_dump(merged, sort_keys=True, default_flow_style=False))

@@ -19,12 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from funad.data.splits import MEDS_COLUMNS, rows_to_csv
-from rundir import PROTOCOL_DEFAULTS, RESULTS_DIR, SPLITS_DIR, atomic_write, finished_files
+from rundir import EXIT_OK, EXIT_USAGE, PROTOCOL_DEFAULTS, RESULTS_DIR, SPLITS_DIR, atomic_write, read_folder
 
-EXIT_OK, EXIT_USAGE = 0, 2
 _KEY_COLUMNS = ["cell_id", "status", "dataset", "category", "ratio", "requested_count", "seed",
                 "contamination_source", "ratio_of", "pool_order"]
 
@@ -42,12 +39,9 @@ def list_name(row: dict[str, Any]) -> str:
 
 
 def _ok_rows(run: Path) -> list[dict[str, Any]]:
-    rows = []
-    for path in finished_files(run / RESULTS_DIR):
-        table = pq.read_table(path)
-        cols = [c for c in _KEY_COLUMNS if c in table.column_names]
-        rows += [r for r in table.select(cols).to_pylist() if r.get("status") == "ok"]
-    return rows
+    """The ok rows of a run's results; a torn or foreign result file fails the export (it names it)."""
+    rows = read_folder(run / RESULTS_DIR, strict=True, columns=list(_KEY_COLUMNS)).rows()
+    return [r for r in rows if r.get("status") == "ok"]
 
 
 def export(run_dir: str | Path, out_dir: str | Path) -> list[Path]:

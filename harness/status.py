@@ -17,12 +17,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from harness.progress import fmt_duration, live_is_current, read_live
-from rundir import PLAN_FILE, REPORT_FILE, RESULTS_DIR, SPEC_FILE, readable_rows
+from rundir import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    PLAN_FILE,
+    REPORT_FILE,
+    RESULTS_DIR,
+    SPEC_FILE,
+    UnreadableFile,
+    read_file,
+    readable_rows,
+)
 
-EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_NOT_A_RUN = 0, 1, 2
 STATUSES = ("ok", "failed", "running", "not started")
 
 
@@ -62,10 +70,11 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
     if not (run / SPEC_FILE).is_file() or not plan_path.is_file():
         raise NotARunDir(f"{run}: not a run directory (no {SPEC_FILE} and {PLAN_FILE}; "
                          "python -m harness.sweep writes them before any cell runs)")
+    columns = ["cell_id", "method", "dataset", "category"]
     try:
-        plan = pq.read_table(plan_path, columns=["cell_id", "method", "dataset", "category"]).to_pylist()
-    except Exception as exc:
-        raise NotARunDir(f"{plan_path}: unreadable ({type(exc).__name__}: {exc})") from None
+        plan = read_file(plan_path, strict=True, columns=columns, require=columns).rows()
+    except UnreadableFile as exc:
+        raise NotARunDir(str(exc)) from None
     results = read_results(run)
     live = read_live(run)
     alive = live is not None and live_is_current(live)
@@ -154,9 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         st = collect(args.run_dir)
     except NotARunDir as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NOT_A_RUN
+        return EXIT_USAGE
     print(json.dumps(st, indent=1) if args.json else render(st))
-    return EXIT_COMPLETE if st["complete"] else EXIT_INCOMPLETE
+    return EXIT_OK if st["complete"] else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -36,7 +36,10 @@ from rundir import (
     SPEC_FILE,
     SPLITS_DIR,
     atomic_write,
+    cell_file,
     finished_files,
+    read_file,
+    read_folder,
     readable_rows,
 )
 
@@ -71,7 +74,7 @@ class RunStore:
             (self.run_dir / d).mkdir(parents=True, exist_ok=True)
 
     def path(self, table: str, cell_id: str) -> Path:
-        return self.run_dir / table / f"{cell_id}.parquet"
+        return cell_file(self.run_dir, table, cell_id)
 
     # schemas ---------------------------------------------------------------------------------
     @property
@@ -163,14 +166,10 @@ class RunStore:
 
     def status(self, cell_id: str) -> str | None:
         """`ok`, `failed`, or None when the cell has no readable result."""
-        path = self.path(RESULTS_DIR, cell_id)
-        if not path.is_file():
-            return None
-        try:
-            col = pq.read_table(path, columns=["status"]).column("status").to_pylist()
-        except Exception:  # a foreign or damaged file counts as "not done"
-            return None
-        return col[0] if col else None
+        # a missing, foreign or damaged file counts as "not done"
+        rows = read_file(self.path(RESULTS_DIR, cell_id), strict=False, columns=["status"],
+                         require=["status"]).rows()
+        return rows[0]["status"] if rows else None
 
     def statuses(self) -> dict[str, str]:
         """cell_id -> status over all readable result files (unreadable ones are skipped)."""
@@ -189,4 +188,4 @@ class RunStore:
             if self._methods is None and not (self.run_dir / SPEC_FILE).is_file():
                 return pd.DataFrame()
             return self.result_schema.empty_table().to_pandas()
-        return pd.read_parquet(self.run_dir / RESULTS_DIR)
+        return read_folder(self.run_dir / RESULTS_DIR, strict=True).table.to_pandas()

@@ -37,9 +37,18 @@ from harness.progress import (
 )
 from harness.raycluster import ClusterError, check_storage, ray_session, resolve_address
 from harness.spec import SpecError, SweepSpec, load_spec
-from rundir import REPORT_FILE, RESULTS_DIR, TUNE_DIR, remove_leftover_temps
+from rundir import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    REPORT_FILE,
+    RESULTS_DIR,
+    TUNE_DIR,
+    readable_rows,
+    remove_leftover_temps,
+)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 N_EXAMPLES = 3
 
 
@@ -137,21 +146,14 @@ def read_statuses(run_dir: Path, cell_ids: Sequence[str]) -> dict[str, str]:
 
 
 def previous_attempts(run_dir: Path, cells: Sequence[Cell]) -> dict[str, int]:
-    """cell_id -> attempts already recorded by failed rows of earlier invocations."""
-    import pyarrow.parquet as pq
-
-    out: dict[str, int] = {}
-    for cell in cells:
-        path = run_dir / RESULTS_DIR / f"{cell.cell_id}.parquet"
-        if not path.is_file():
-            continue
-        try:
-            row = pq.read_table(path, columns=["status", "attempt"]).to_pylist()
-        except Exception:  # unreadable: treat as never tried
-            continue
-        if row and row[0].get("status") != "ok" and row[0].get("attempt"):
-            out[cell.cell_id] = int(row[0]["attempt"])
-    return out
+    """cell_id -> attempts already recorded by failed rows of earlier invocations (an unreadable
+    result counts as never tried)."""
+    wanted = {c.cell_id for c in cells}
+    return {
+        row["cell_id"]: int(row["attempt"])
+        for row in readable_rows(run_dir / RESULTS_DIR, ["cell_id", "status", "attempt"])
+        if row["cell_id"] in wanted and row["status"] != "ok" and row["attempt"]
+    }
 
 
 @dataclass

@@ -47,7 +47,15 @@ from rundir.layout import (
     report_tables_dir,
     temp_prefix,
 )
-from rundir.read import Read, Skipped, UnreadableFile, read_file, read_folder, readable_rows
+from rundir.read import (
+    Read,
+    Skipped,
+    UnreadableFile,
+    read_file,
+    read_folder,
+    read_schema,
+    readable_rows,
+)
 
 __all__ = [
     "CELL_DIRS",
@@ -95,6 +103,7 @@ __all__ = [
     "is_temp",
     "read_file",
     "read_folder",
+    "read_schema",
     "readable_rows",
     "remove_leftover_temps",
     "report_tables_dir",

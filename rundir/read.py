@@ -132,6 +132,18 @@ def read_file(
         return Read(_empty(columns), [Skipped(path, exc.problem)])
 
 
+def read_schema(path: str | os.PathLike[str]) -> pa.Schema | None:
+    """A finished file's schema without reading its rows (the migration compares it with the run's), or
+    None for a missing, torn, temp or hidden file (tolerant: such a file counts as not finished)."""
+    path = Path(path)
+    if is_temp(path) or is_hidden(path) or not path.is_file():
+        return None
+    try:
+        return pq.read_schema(path).remove_metadata()
+    except _READ_ERRORS:
+        return None
+
+
 def read_folder(
     folder: str | os.PathLike[str],
     *,

@@ -15,6 +15,7 @@ from conftest_data import sweep_env
 from benchmarks.gpu_check import check, driver, estimate, searches, sweep
 from benchmarks.gpu_check.device import count_sync_points
 from funad.data.contamination import CategoryCounts
+from rundir import EXIT_USAGE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -172,7 +173,7 @@ def test_tiny_cpu_run_every_key(tiny_run: tuple[dict, dict]) -> None:
 def test_cuda_requested_without_cuda_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    assert driver.main(["--device", "cuda"]) == driver.EXIT_NO_DEVICE
+    assert driver.main(["--device", "cuda"]) == EXIT_USAGE
     captured = capsys.readouterr()
     assert captured.out == "" and "torch.cuda.is_available() is False" in captured.err
 

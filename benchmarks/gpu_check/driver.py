@@ -22,8 +22,7 @@ from benchmarks.gpu_check.features import section_features
 from benchmarks.gpu_check.searches import section_searches
 from benchmarks.gpu_check.sweep import section_sweep
 from benchmarks.gpu_check.training import section_funad
-
-EXIT_NO_DEVICE = 2  # the usage exit code (no such device)
+from rundir import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 SECTIONS: dict[str, Callable[[Check], dict[str, Any]]] = {
     "features": section_features,
@@ -103,13 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     why = cuda_unavailable(args.device)
     if why:
         print(f"gpu_check: {why}", file=sys.stderr)
-        return EXIT_NO_DEVICE
+        return EXIT_USAGE
     result = run_check(args.device, tiny=args.tiny, budget_s=args.budget_s)
     text = json.dumps(result, default=_jsonable)
     if args.out is not None:
         args.out.write_text(text + "\n")
     print(text, flush=True)
-    return 0 if not result["failed_sections"] and not result["skipped_sections"] else 1
+    return EXIT_OK if not result["failed_sections"] and not result["skipped_sections"] else EXIT_FAILED
 
 
 if __name__ == "__main__":
