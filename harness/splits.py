@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from funad.data.splits import MEDS_COLUMNS, rows_to_csv
-from rundir import EXIT_OK, EXIT_USAGE, PROTOCOL_DEFAULTS, RESULTS_DIR, SPLITS_DIR, atomic_write, read_folder
+from rundir import EXIT_OK, EXIT_USAGE, PROTOCOL_DEFAULTS, RESULTS_DIR, atomic_write, read_folder, split_file
 
 _KEY_COLUMNS = ["cell_id", "status", "dataset", "category", "ratio", "requested_count", "seed",
                 "contamination_source", "ratio_of", "pool_order"]
@@ -54,7 +54,7 @@ def export(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     for row in _ok_rows(run):
         if row.get("contamination_source") in ("list", "dataset"):
             continue  # not a split of ours: the list (or the dataset's JSON) is the original
-        path = run / SPLITS_DIR / f"{row['cell_id']}.csv"
+        path = split_file(run, row["cell_id"])
         if not path.is_file():
             raise ValueError(f"{path}: missing (the cell finished before splits were written: rerun it)")
         with path.open(newline="") as fh:

@@ -34,13 +34,13 @@ from rundir import (
     SCORES_DIR,
     SCORES_SCHEMA,
     SPEC_FILE,
-    SPLITS_DIR,
     atomic_write,
     cell_file,
     finished_files,
     read_file,
     read_folder,
     readable_rows,
+    split_file,
 )
 
 
@@ -150,7 +150,7 @@ class RunStore:
         write_table_atomic(self.path(HISTORY_DIR, cell_id), hist, self.history_schema)
         write_table_atomic(self.path(MAPS_DIR, cell_id), map_rows(cell_id, maps), MAPS_SCHEMA)
         if split is not None:
-            atomic_write(self.run_dir / SPLITS_DIR / f"{cell_id}.csv", rows_to_csv(split_rows(split)))
+            atomic_write(split_file(self.run_dir, cell_id), rows_to_csv(split_rows(split)))
         write_table_atomic(self.path(RESULTS_DIR, cell_id), [row], self.result_schema)
 
     def write_failed(self, row: Mapping[str, Any]) -> bool:

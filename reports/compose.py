@@ -24,7 +24,8 @@ def _summary(data: RunData, report: Computed, files: list[Path]) -> Section:
     n_bad = len(res) - n_ok
     facts = pd.DataFrame(
         [
-            ("run directory", str(data.run_dir)),
+            ("run directory" if len(data.run_dirs) == 1 else "run directories",
+             ", ".join(str(d) for d in data.run_dirs)),
             ("cells with a result", str(len(res))),
             ("ok", str(n_ok)),
             ("failed", str(n_bad)),
@@ -207,6 +208,34 @@ def _failures_section(report: Computed) -> Section:
     )
 
 
+def _runs_table(res: pd.DataFrame) -> pd.DataFrame:
+    """One row per joined run: its cells, how many are ok, its methods."""
+    if res.empty:
+        return pd.DataFrame(columns=["run_dir", "cells", "ok", "methods"])
+    return res.groupby("run_dir").agg(
+        cells=("cell_id", "size"),
+        ok=("status", lambda s: int((s == "ok").sum())),
+        methods=("method", lambda s: ", ".join(sorted(set(map(str, s))))),
+    ).reset_index()
+
+
+def _join_section(data: RunData) -> Section:
+    """Which runs were joined, and the groups of cells whose splits the runs drew differently."""
+    sec = Section("join", "Runs joined")
+    sec.add(table(_runs_table(data.results)))
+    join = data.join if data.join is not None else pd.DataFrame()
+    paired = int(join["paired"].sum()) if len(join) else 0
+    sec.add(
+        '<p class="note">Cells are paired (statistics) and averaged (tables) only where they trained and '
+        "tested on the same images: the same split list (splits/&lt;cell_id&gt;.csv, compared by sha256). "
+        f"{paired} of {len(join)} groups of cells (dataset, category, protocol, ratio, seed) that several "
+        "runs hold were joined; the others below are reported side by side, never paired.</p>"
+    )
+    unpaired = join[~join["paired"].astype(bool)] if len(join) else join
+    sec.add(table(unpaired, empty="Every group held by several runs was joined."))
+    return sec
+
+
 def _spec_section(data: RunData) -> Section:
     return Section("spec", f"Spec ({SPEC_FILE})").add(
         pre(data.spec_text) if data.spec_text else f'<p class="note">{SPEC_FILE} not found.</p>'
@@ -217,6 +246,8 @@ def compose(data: RunData, report: Computed, files: list[Path], built: datetime 
     """The whole page; `files` are the table files written (listed in the summary), `built` the time
     stamped in the header (default now)."""
     sections = [_summary(data, report, files)]
+    if len(data.run_dirs) > 1:
+        sections.append(_join_section(data))
     if report.have_ok:
         sections += _metric_sections(report)
     sections.append(_paper_section(report.shown["paper"]))

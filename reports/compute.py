@@ -20,7 +20,7 @@ from reports.format import (
     display_ranks,
     display_robustness,
 )
-from reports.load import ORACLE, RunData, load_scores
+from reports.load import ORACLE, RunData
 from reports.paper import paper_table
 from reports.plots import GalleryRow, Plot
 
@@ -111,7 +111,7 @@ def compute(data: RunData) -> Computed:
     main = tables.main_table(ok)
     missing = tables.missing_cells(data.plan, prepared)
     ids = stats.ok_cell_ids(ok)
-    scores = load_scores(data.run_dir, ids, data.problems) if ids else pd.DataFrame()
+    scores = data.scores(ids) if ids else pd.DataFrame()
     cell_ci = stats.cell_uncertainty(ok, scores)
     cat = tables.category_table(ok)
     cat = cat.assign(image_auroc_cell_hw=stats.category_cell_ci(cat, ok, cell_ci))

@@ -81,6 +81,25 @@ class RunData:
     #: plan.parquet: the cells of the latest invocation's grid; None for runs made before it existed
     plan: pd.DataFrame | None = None
     problems: list[str] = field(default_factory=list)
+    #: several runs joined into one report (reports.join): their folders, each cell's folder, the join
+    #: table; one run: empty, empty, None
+    runs: list[Path] = field(default_factory=list)
+    cell_runs: dict[str, Path] = field(default_factory=dict)
+    join: pd.DataFrame | None = None
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        """The run directories this report reads."""
+        return self.runs or [self.run_dir]
+
+    def scores(self, cell_ids: list[str]) -> pd.DataFrame:
+        """The per-image scores of some cells, each read from its own run directory."""
+        by_run: dict[Path, list[str]] = {}
+        for cid in cell_ids:
+            by_run.setdefault(self.cell_runs.get(cid, self.run_dir), []).append(cid)
+        frames = [load_scores(run, ids, self.problems) for run, ids in by_run.items()]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     @property
     def name(self) -> str:

@@ -34,7 +34,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from reports.load import METRICS
-from reports.tables import KEYS, variant_label, with_protocol
+from reports.tables import CELL_KEY, KEYS, cell_key, variant_label, with_protocol
 from rundir import PROTOCOL_DEFAULTS
 
 ALPHA = 0.05
@@ -51,7 +51,7 @@ CELL_METRIC = "image_auroc"  # the metric whose per-cell CI comes from the per-i
 
 VARIANT: list[str] = ["method", "config"]
 GROUP: list[str] = [k for k in KEYS if k not in VARIANT]  # what two compared variants share
-CELL: list[str] = ["category", "seed"]
+CELL: list[str] = CELL_KEY
 
 NOTE_FEW_MATCHED = "fewer than 2 matched (category, seed) cells: no CI or test"
 NOTE_FEW_CELLS = "fewer than 5 matched cells: the bootstrap CI is optimistic"
@@ -129,7 +129,7 @@ def _cells(ok: pd.DataFrame, metric: str, cell_ci: pd.DataFrame | None) -> pd.Da
     empty when the run has no ok rows."""
     if not len(ok):
         return pd.DataFrame()
-    cols = GROUP + VARIANT + CELL
+    cols = GROUP + VARIANT + cell_key(ok)
     df = with_protocol(ok)[cols + ["cell_id", metric]]
     df[metric] = pd.to_numeric(df[metric], errors="coerce").astype("float64")
     df["hw"] = math.nan
@@ -186,7 +186,7 @@ def pairwise_table(
         if cells.empty:
             continue
         for gkey, g in cells.groupby(GROUP, dropna=False, sort=True):
-            wide = g.set_index(CELL + VARIANT)[[metric, "hw"]].unstack(VARIANT)
+            wide = g.set_index(cell_key(g) + VARIANT)[[metric, "hw"]].unstack(VARIANT)
             variants = sorted(wide[metric].columns.tolist())
             vals = wide[metric][variants].to_numpy(dtype=float)
             hws = wide["hw"][variants].to_numpy(dtype=float)
@@ -279,7 +279,7 @@ def robustness_table(
             for (ratio, count), level in g.groupby(["ratio", "count"], dropna=False, sort=True):
                 if _is_clean(ratio, count):
                     continue
-                lvl = level.set_index(CELL)[[metric, "hw"]]
+                lvl = level.groupby(CELL, dropna=False)[[metric, "hw"]].mean()
                 row: dict[str, Any] = {
                     "dataset": dataset,
                     "overlap": overlap,

@@ -32,6 +32,14 @@ KEYS: list[str] = [
     "dataset", "method", "config", "overlap", "contamination_source", "ratio_of", "ratio", "count",
 ]
 ORACLE_LABEL = "oracle (best-on-test epoch)"
+#: what identifies one cell of a variant; a report over several runs adds `split_id` (reports.join), so
+#: cells that trained and tested on different images are never averaged or paired as one
+CELL_KEY: list[str] = ["category", "seed"]
+
+
+def cell_key(df: pd.DataFrame) -> list[str]:
+    """The cell key of these rows: category and seed, plus the split id where runs were joined."""
+    return CELL_KEY + (["split_id"] if "split_id" in df.columns else [])
 MISSING_COLUMNS: list[str] = ["cell_id", "dataset", "category", "method", "config", "ratio", "seed"]
 
 
@@ -109,11 +117,12 @@ def aggregate(ok: pd.DataFrame, values: list[str], keys: list[str] | None = None
     cols = keys + ["n", "n_categories"] + [f"{v}_{s}" for v in values for s in ("mean", "std")]
     if ok.empty:
         return pd.DataFrame(columns=cols)
-    df = ok[keys + ["category", "seed"] + values].copy()
+    cell_cols = cell_key(ok)
+    df = ok[keys + cell_cols + values].copy()
     for v in values:
         df[v] = pd.to_numeric(df[v], errors="coerce").astype("float64")
     g = dict(dropna=False, sort=True)
-    cell = df.groupby(keys + ["category", "seed"], **g)[values].mean()
+    cell = df.groupby(keys + cell_cols, **g)[values].mean()
     per_cat = cell.groupby(level=keys + ["category"], **g).mean()
     per_seed = cell.groupby(level=keys + ["seed"], **g).mean()
     mean = per_cat.groupby(level=keys, **g).mean()

@@ -34,6 +34,7 @@ from rundir.layout import (
     SCHEMA_METHODS_FILE,
     SCORES_DIR,
     SPEC_FILE,
+    SPLIT_SUFFIX,
     SPLITS_DIR,
     TABLES_SUFFIX,
     TEMP_SUFFIX,
@@ -45,6 +46,7 @@ from rundir.layout import (
     is_temp,
     remove_leftover_temps,
     report_tables_dir,
+    split_file,
     temp_prefix,
 )
 from rundir.read import (
@@ -55,6 +57,7 @@ from rundir.read import (
     read_folder,
     read_schema,
     readable_rows,
+    split_digest,
 )
 
 __all__ = [
@@ -79,6 +82,7 @@ __all__ = [
     "METRIC_KEYS",
     "ORACLE_KEYS",
     "PARQUET_SUFFIX",
+    "SPLIT_SUFFIX",
     "PLAN_FIELDS",
     "PLAN_FILE",
     "PROTOCOL_DEFAULTS",
@@ -104,8 +108,10 @@ __all__ = [
     "read_file",
     "read_folder",
     "read_schema",
+    "split_digest",
     "readable_rows",
     "remove_leftover_temps",
     "report_tables_dir",
+    "split_file",
     "temp_prefix",
 ]

@@ -40,6 +40,8 @@ FILE_MODE = 0o644
 TEMP_SUFFIX = ".tmp"
 #: every per-cell file is `<cell_id>.parquet`; a folder's files of any other suffix are not the run's
 PARQUET_SUFFIX = ".parquet"
+#: a cell's split list in splits/
+SPLIT_SUFFIX = ".csv"
 #: the report's tables sit next to its HTML: report.html -> report_tables/
 TABLES_SUFFIX = "_tables"
 
@@ -72,6 +74,11 @@ def is_hidden(path: str | os.PathLike[str]) -> bool:
 def cell_file(run_dir: str | os.PathLike[str], folder: str, cell_id: str) -> Path:
     """The file of one cell in one of the per-cell folders (CELL_DIRS)."""
     return Path(run_dir) / folder / f"{cell_id}{PARQUET_SUFFIX}"
+
+
+def split_file(run_dir: str | os.PathLike[str], cell_id: str) -> Path:
+    """A finished cell's split list (funad.data.splits' form: the images it trained and tested on)."""
+    return Path(run_dir) / SPLITS_DIR / f"{cell_id}{SPLIT_SUFFIX}"
 
 
 def report_tables_dir(report: str | os.PathLike[str]) -> Path:

@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rundir.layout import finished_files, is_hidden, is_temp
+from rundir.layout import finished_files, is_hidden, is_temp, split_file
 
 #: what pyarrow raises for a file that is not (whole) Parquet; OSError covers a vanished file
 _READ_ERRORS = (OSError, pa.ArrowException, ValueError)
@@ -141,6 +141,17 @@ def read_schema(path: str | os.PathLike[str]) -> pa.Schema | None:
     try:
         return pq.read_schema(path).remove_metadata()
     except _READ_ERRORS:
+        return None
+
+
+def split_digest(run_dir: str | os.PathLike[str], cell_id: str) -> str | None:
+    """sha256 of a finished cell's split list (splits/<cell_id>.csv), or None when it has none: two cells
+    with the same digest trained and tested on the same images."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(split_file(run_dir, cell_id).read_bytes()).hexdigest()
+    except OSError:
         return None
 
 
