@@ -356,7 +356,7 @@ def _stacked(fs: Any, n: int) -> np.ndarray:
 
 def forward_images_per_s(cfg: Any, dev: torch.device, batch: int, sync: Callable[[], None]) -> float:
     """The backbone's forward alone (no decoding, no cache), images/s over 3 batches after a warm-up."""
-    from funad.backbones import build_extractor
+    from funad.features.backbone import build_extractor
 
     model = build_extractor(cfg, dev)
     x = torch.randn(batch, 3, cfg.crop, cfg.crop, device=dev)
@@ -370,7 +370,7 @@ def forward_images_per_s(cfg: Any, dev: torch.device, batch: int, sync: Callable
 
 def section_features(check: Check) -> dict[str, Any]:
     from funad import features
-    from funad.backbones import BackboneConfig, feature_dim
+    from funad.features import BackboneConfig, feature_dim
 
     fc, dev = check.feature_check, check.device
     cfg = BackboneConfig(**fc.backbone)
@@ -725,7 +725,7 @@ SWEEP_NAME = "gpucheck"
 
 def sweep_weights() -> str:
     """The bundled EfficientNet-Lite0 weights where their package is installed, else random weights."""
-    from funad.backbones import BackboneError, bundled_weights_path
+    from funad.features.backbone import BackboneError, bundled_weights_path
 
     try:
         bundled_weights_path()
@@ -737,7 +737,7 @@ def sweep_weights() -> str:
 def sweep_spec(storage: Path, dev: torch.device, tiny: bool) -> dict[str, Any]:
     """2 synthetic categories x 2 seeds x PatchCore: half a GPU per trial on CUDA (two trials share it),
     one CPU of two on the CPU."""
-    from funad.backbones import BUNDLED_BACKBONE
+    from funad.features import BUNDLED_BACKBONE
 
     gpu = dev.type == "cuda"
     name, settings = SWEEP_METHOD
@@ -1052,7 +1052,7 @@ def gpu_hours(
 def method_feature_sets(check: Check, method: str) -> tuple[Any, Any]:
     """(train, test) FeatureSets at the section's shapes: irmb_bench.synthetic_features, or for InReaCh the
     InReaCh benchmark's structured features (channels must form and survive its spread trim)."""
-    from funad.featureset import FeatureSet
+    from funad.features import FeatureSet
 
     sh = check.shapes
     n = sh.pool + sh.test

@@ -18,9 +18,9 @@ from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from funad.backbones import BackboneConfig
 from funad.data.contamination import DEFAULTS as SPLIT_DEFAULTS
 from funad.data.splits import list_path, read_split_list
+from funad.features import BackboneConfig
 from funad.methods import method_class
 from funad.run import CellConfig, open_dataset
 

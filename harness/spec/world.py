@@ -13,9 +13,9 @@ from typing import Any
 import timm
 from pydantic import ValidationError
 
-from funad.backbones import WEIGHT_KINDS
 from funad.data import DATASET_KINDS, KINDS, create_dataset
 from funad.data.splits import check_list, list_path, read_split_list
+from funad.features import WEIGHT_KINDS
 from funad.methods import available, method_class
 from funad.methods.plugins import PluginError
 from harness.cells import list_valued_settings, method_grid
