@@ -1,7 +1,7 @@
 """Frozen-backbone features: images in, a FeatureSet of cached fp16 backbone features out.
 
 Layering: the modules form one stack, listed bottom to top in LAYERS, and each imports only modules
-below it (tests/test_features.py parses the imports and fails on one that reaches up):
+below it (tests/test_features_package.py parses the imports and fails on one that reaches up):
 
     featureset     FeatureSet and its row views (PackRows, TensorRows): the output type; imports nothing
                    from the package
