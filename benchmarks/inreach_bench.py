@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import funad.methods.inreach as inreach_mod
-from funad.featureset import FeatureSet
+from funad.features import FeatureSet
 from funad.methods import create_method
 from funad.methods.base import FitContext
 from rundir import EXIT_OK

@@ -391,15 +391,14 @@ def populate_cache(
     that made a single backbone forward.
     """
     from funad import features
-    from funad.backbones import backbone_key, feature_dim, key_description
-    from funad.feature_cache import FeatureCache, entry_key
+    from funad.features import entry_key, feature_dim
+    from funad.features.cache import open_cache, pack_key
     from funad.run import backbone_config, open_dataset
 
     cfg = backbone_config(backbone)
     gh, gw, c = feature_dim(cfg)
-    shape = (1 + gh * gw, c)
-    cache = FeatureCache(Path(cache_dir) / backbone_key(cfg), shape)
-    cache.write_description(key_description(cfg))
+    cache = open_cache(Path(cache_dir), cfg)
+    shape = cache.entry_shape
     dataset_spec = {"kind": "folder", "root": str(dataset_root)}
     records = open_dataset(dataset_spec).records(category)
     rng = np.random.default_rng(seed)
@@ -414,7 +413,7 @@ def populate_cache(
         before = features.forward_count()
         features.extract_features(records, cfg, Path(cache_dir), progress=False)
         keys = [entry_key(r.path, None) for r in records]
-        packs["category_pack_mb"] = cache.pack_paths(cache.pack_key(keys))[0].stat().st_size / MB
+        packs["category_pack_mb"] = cache.pack_paths(pack_key(keys))[0].stat().st_size / MB
         made = features.forward_count() - before
         if made:
             raise RuntimeError(f"populate_cache: extract_features made {made} backbone forwards")

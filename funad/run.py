@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from funad.backbones import BackboneConfig
 from funad.data.contamination import SplitRule
+from funad.features import BackboneConfig
 from funad.methods.base import MethodSettings
 from rundir import METRIC_KEYS
 
@@ -33,7 +33,7 @@ class CellConfig:
     """One cell, typed and validated: everything that can change its result, plus two run knobs.
 
     dataset:  {"kind": ..., "root": str | None, **loader options}
-    backbone: the backbone and its preprocessing (funad.backbones.BackboneConfig)
+    backbone: the backbone and its preprocessing (funad.features.BackboneConfig)
     method / settings: the method's name and its validated Settings instance (defaults filled)
     split:    the contamination rule (funad.data.contamination.SplitRule)
     eval_every, n_map_examples: run knobs that do not change results (not part of the cell id)

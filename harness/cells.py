@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import ValidationError
 
-from funad.backbones import BackboneConfig
 from funad.data.contamination import DEFAULTS as SPLIT_DEFAULTS
 from funad.data.contamination import SplitRule
 from funad.data.splits import list_path, read_split_list
+from funad.features import BackboneConfig
 from funad.methods import MethodSettings, method_class
 from funad.run import CellConfig, open_dataset
 

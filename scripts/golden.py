@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from funad import native, search  # noqa: E402
-from funad.featureset import FeatureSet  # noqa: E402
+from funad.features import FeatureSet  # noqa: E402
 from funad.methods import FitContext, create_method  # noqa: E402
 from funad.search import pairs  # noqa: E402
 

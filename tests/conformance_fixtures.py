@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from funad.featureset import FeatureSet
+from funad.features import FeatureSet
 from funad.methods.base import FitContext, Method, Scores
 
 

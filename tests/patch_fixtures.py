@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from funad.featureset import FeatureSet
+from funad.features import FeatureSet
 
 
 def make_fs(x: np.ndarray, labels: np.ndarray, masks: bool = False) -> FeatureSet:

@@ -186,9 +186,8 @@ def test_memory_bench_cache_needs_no_backbone(tmp_path, monkeypatch: pytest.Monk
     import numpy as np
 
     from benchmarks.memory_bench import BACKBONE, CATEGORY, populate_cache, write_dataset
-    from funad import features
-    from funad.backbones import backbone_key
-    from funad.feature_cache import FeatureCache, entry_key
+    from funad.features import backbone_key, entry_key, extract
+    from funad.features.cache import FeatureCache
     from funad.run import backbone_config, open_dataset
 
     counts = write_dataset(tmp_path / "data", 4, 3)
@@ -200,12 +199,12 @@ def test_memory_bench_cache_needs_no_backbone(tmp_path, monkeypatch: pytest.Monk
     def no_backbone(*_a, **_k):
         raise AssertionError("a backbone was built: the cache is missing an entry")
 
-    monkeypatch.setattr(features, "build_extractor", no_backbone)
+    monkeypatch.setattr(extract, "build_extractor", no_backbone)
     cfg = backbone_config(BACKBONE)
     records = open_dataset({"kind": "folder", "root": str(tmp_path / "data")}).records(CATEGORY)
-    before = features.forward_count()
-    fs = features.extract_features(records, cfg, tmp_path / "features", progress=False)
-    assert features.forward_count() == before
+    before = extract.forward_count()
+    fs = extract.extract_features(records, cfg, tmp_path / "features", progress=False)
+    assert extract.forward_count() == before
     assert isinstance(fs.patches.base, np.memmap) or isinstance(fs.patches, np.memmap)
     assert fs.patches.shape == (7, 28, 28, 768) and fs.patches.dtype == np.float16
     assert int(fs.labels.sum()) == 1

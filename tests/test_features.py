@@ -25,12 +25,13 @@ from skimage import data
 from skimage.draw import disk
 from sklearn.metrics import roc_auc_score
 
-from funad.backbones import BackboneError, build_model, bundled_state_dict
 from funad.data.records import ImageRecord
-from funad.feature_cache import FeatureCache, entry_key
 from funad.features import (
     BackboneConfig,
+    BackboneError,
+    PackRows,
     backbone_key,
+    entry_key,
     extract_features,
     feature_dim,
     forward_count,
@@ -39,7 +40,8 @@ from funad.features import (
     preprocess,
     prune_packs,
 )
-from funad.featureset import PackRows
+from funad.features.backbone import build_model, bundled_state_dict
+from funad.features.cache import FeatureCache
 
 REPO = Path(__file__).resolve().parents[1]
 # Small inputs keep the cache tests fast; the grid is then 8x8 for the default layers (stride 8).
@@ -465,7 +467,7 @@ def test_border_context_rules() -> None:
     with pytest.raises(ValueError, match="border_context is for CNN backbones"):
         BackboneConfig(name="vit_tiny_patch16_224", weights="random", border_context=True)
     with pytest.raises(BackboneError, match="multiples of 8"):
-        from funad.backbones import context_cells
+        from funad.features.backbone import context_cells
 
         context_cells(88, 64, 11)  # 12 px margins on a stride-8 map: 1.5 cells
     from harness.cells import backbone_json

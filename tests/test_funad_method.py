@@ -8,7 +8,7 @@ import torch
 from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
 
-from funad.featureset import FeatureSet, PackRows
+from funad.features import FeatureSet, PackRows
 from funad.methods import FitContext, create_method, default_settings
 from funad.methods.funad import DIAG_KEYS, FunAD, FunADSettings
 from funad.methods.localnet import LocalNet, count_parameters

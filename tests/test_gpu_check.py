@@ -232,7 +232,7 @@ def test_funad_batches_are_what_fit_runs() -> None:
     """The estimate counts FunAD.batches iterations per epoch; fit runs exactly that many."""
     import numpy as np
 
-    from funad.featureset import FeatureSet
+    from funad.features import FeatureSet
     from funad.methods import FitContext, create_method
     from funad.methods.funad import FunAD
 

@@ -96,7 +96,7 @@ def mtimes(run_dir: Path) -> dict[str, int]:
 # ----------------------------------------------------------- 1 + 5: driver SIGKILL, corrupt files
 @pytest.mark.slow
 def test_driver_sigkill_then_rerun_with_corrupt_files(tmp_path: Path, drivers: list[int]) -> None:
-    from funad.feature_cache import DTYPE, entry_key
+    from funad.features.cache import DTYPE, entry_key
 
     root = build_mvtec(tmp_path / "mvtec", n_train=4, n_good=2)
     # 2 categories x 2 seeds = 4 short trials, one at a time: killed after the second.
@@ -174,7 +174,7 @@ def test_driver_sigkill_then_rerun_with_corrupt_files(tmp_path: Path, drivers: l
     assert victim in after and pq.read_table(victim_path).column("status").to_pylist() == ["ok"]
     arr = np.load(entry, allow_pickle=False)
     assert arr.dtype == DTYPE and np.isfinite(arr).all()
-    from funad.feature_cache import FeatureCache
+    from funad.features.cache import FeatureCache
 
     assert FeatureCache(bdir, arr.shape).read_entry(key) is not None  # recomputed and verified
 

@@ -277,7 +277,7 @@ def _ok_row(cfg, outcome) -> dict:
 
 
 def test_check_finite_names_exactly_the_broken_images() -> None:
-    from funad.featureset import FeatureSet, PackRows
+    from funad.features import FeatureSet, PackRows
 
     rng = np.random.default_rng(0)
     n, grid, c = 9, 3, 4
@@ -422,7 +422,7 @@ def test_nan_features_fail_the_cell_naming_the_image(tmp_path: Path, one_thread:
     import json
     import shutil
 
-    from funad.feature_cache import FeatureCache, entry_key
+    from funad.features.cache import FeatureCache, entry_key
     from funad.run import run_cell
 
     root = build_mvtec(tmp_path / "mvtec", {"bottle": {"broken": 2}}, n_train=4, n_good=2)
@@ -452,7 +452,7 @@ def test_broken_weights_file_fails_naming_an_image(tmp_path: Path, one_thread: N
     import timm
     import torch
 
-    from funad.backbones import bundled_state_dict
+    from funad.features.backbone import bundled_state_dict
     from funad.run import CellConfig, run_cell
 
     sd = bundled_state_dict(timm.create_model("tf_efficientnet_lite0"))

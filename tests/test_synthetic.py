@@ -232,7 +232,10 @@ def test_concurrent_first_use_installs_one_complete_tree(tiny: None, tmp_path: P
 
 
 def test_contact_sheet(full_root: Path, tmp_path: Path) -> None:
-    out = synthetic.make_contact_sheet(full_root, tmp_path / "sheet.png", thumb=64)
+    """scripts/make_contact_sheet.py draws the docs picture of the dataset from an existing tree."""
+    out = tmp_path / "sheet.png"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_contact_sheet.py"), "--root", str(full_root),
+                    "--out", str(out), "--thumb", "64"], check=True, capture_output=True, cwd=REPO)
     with Image.open(out) as im:
         n_cols = 2 + 2 + 2 * len(DEFECT_TYPES)
         assert im.size == (64 + n_cols * (64 + 4), 16 + len(synthetic.CATEGORIES) * (64 + 4))

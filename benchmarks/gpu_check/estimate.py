@@ -226,7 +226,7 @@ def gpu_hours(
 def method_feature_sets(check: Check, method: str) -> tuple[Any, Any]:
     """(train, test) FeatureSets at the section's shapes: irmb_bench.synthetic_features, or for InReaCh the
     InReaCh benchmark's structured features (channels must form and survive its spread trim)."""
-    from funad.featureset import FeatureSet
+    from funad.features import FeatureSet
 
     sh = check.shapes
     n = sh.pool + sh.test

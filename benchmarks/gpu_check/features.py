@@ -42,7 +42,7 @@ def _stacked(fs: Any, n: int) -> np.ndarray:
 
 def forward_images_per_s(cfg: Any, dev: torch.device, batch: int, sync: Callable[[], None]) -> float:
     """The backbone's forward alone (no decoding, no cache), images/s over 3 batches after a warm-up."""
-    from funad.backbones import build_extractor
+    from funad.features.backbone import build_extractor
 
     model = build_extractor(cfg, dev)
     x = torch.randn(batch, 3, cfg.crop, cfg.crop, device=dev)
@@ -56,7 +56,7 @@ def forward_images_per_s(cfg: Any, dev: torch.device, batch: int, sync: Callable
 
 def section_features(check: Check) -> dict[str, Any]:
     from funad import features
-    from funad.backbones import BackboneConfig, feature_dim
+    from funad.features import BackboneConfig, feature_dim
 
     fc, dev = check.feature_check, check.device
     cfg = BackboneConfig(**fc.backbone)

@@ -20,7 +20,7 @@ SWEEP_NAME = "gpucheck"
 
 def sweep_weights() -> str:
     """The bundled EfficientNet-Lite0 weights where their package is installed, else random weights."""
-    from funad.backbones import BackboneError, bundled_weights_path
+    from funad.features.backbone import BackboneError, bundled_weights_path
 
     try:
         bundled_weights_path()
@@ -32,7 +32,7 @@ def sweep_weights() -> str:
 def sweep_spec(storage: Path, dev: torch.device, tiny: bool) -> dict[str, Any]:
     """2 synthetic categories x 2 seeds x PatchCore: half a GPU per trial on CUDA (two trials share it),
     one CPU of two on the CPU."""
-    from funad.backbones import BUNDLED_BACKBONE
+    from funad.features import BUNDLED_BACKBONE
 
     gpu = dev.type == "cuda"
     name, settings = SWEEP_METHOD

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from funad.featureset import FeatureSet
+from funad.features import FeatureSet
 from funad.maps import grid_to_maps
 from funad.methods import FitContext, Method, MethodSettings, Scores
 from funad.search import knn

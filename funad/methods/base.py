@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from funad.featureset import FeatureSet
+from funad.features import FeatureSet
 
 
 class MethodSettings(BaseModel):

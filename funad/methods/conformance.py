@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from funad.featureset import FeatureSet
+from funad.features import FeatureSet
 from funad.methods import FitContext, Method, create_method, method_class
 
 

@@ -40,7 +40,7 @@ import torch
 from pydantic import Field, model_validator
 
 from funad import search
-from funad.featureset import FeatureSet, TensorRows, float32_on
+from funad.features import FeatureSet, TensorRows, float32_on
 from funad.maps import grid_to_maps
 from funad.methods import irmb, register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from funad.featureset import FeatureSet
+from funad.features import FeatureSet
 from funad.maps import grid_to_maps
 from funad.methods import register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores

@@ -13,7 +13,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from funad.featureset import TensorRows
+from funad.features import TensorRows
 from funad.methods.localnet import LocalNet
 from funad.search import matmul_precision, search_dtype
 

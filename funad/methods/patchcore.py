@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from funad.featureset import FeatureSet, float32_on
+from funad.features import FeatureSet, float32_on
 from funad.maps import grid_to_maps
 from funad.methods import register
 from funad.methods.base import FitContext, Method, MethodSettings, Scores

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from funad.featureset import FeatureSet
+from funad.features import FeatureSet
 from funad.methods import register
 from funad.methods.base import FitContext, MethodSettings
 from funad.methods.coreset import project

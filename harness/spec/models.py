@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from funad import paths
-from funad.backbones import BackboneConfig
 from funad.data.contamination import DEFAULTS as SPLIT_DEFAULTS
 from funad.data.contamination import POOL_ORDERS, RATIO_OF, SHORTFALL_POLICIES, SOURCES
+from funad.features import BackboneConfig
 from rundir import FEATURES_DIR
 
 #: seeds must fit numpy's and torch's seeding (and Parquet's int64)

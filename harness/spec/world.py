@@ -12,10 +12,10 @@ from typing import Any
 
 import timm
 
-from funad.backbones import WEIGHT_KINDS
 from funad.data import DATASET_KINDS, KINDS, create_dataset
 from funad.data.contamination import has_own_noisy_split
 from funad.data.splits import check_list, list_path, read_split_list
+from funad.features import WEIGHT_KINDS
 from funad.methods import FamilyError, available, expand_method, families, method_class
 from funad.methods.plugins import PluginError
 from harness.cells import MethodPoint, list_valued_settings, method_points, split_rules

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from funad.featureset import FeatureSet
+from funad.features import FeatureSet
 from funad.methods import FitContext, Method, MethodSettings, Scores
 
 NAME = "faulty"

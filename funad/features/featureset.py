@@ -1,5 +1,8 @@
 """The in-memory view of cached backbone features that every method consumes.
 
+The bottom of funad.features (layering: see its __init__): it imports no other module of the package,
+so a method that only reads features never loads the backbone layer (torch, timm).
+
 Arrays may be read-only memory maps of the on-disk cache, or `PackRows` (a split's rows of the
 category's memory map): methods must never write into them, and should convert only the slices
 they need (so N concurrent trials share one page-cached copy). `FeatureSet.torch_pool` is the one

@@ -1,5 +1,8 @@
 """Frozen timm backbones: configuration, weight loading and the feature forward pass.
 
+In funad.features (layering: see its __init__) this module imports no other module of the package;
+preprocessing, cache and extract call down into it. It is the one home of the backbone defaults.
+
 Every backbone returns one array per image, [1 + H*W, C] float32 with row 0 the global ("CLS")
 descriptor, so the cache and all methods see ViTs and CNNs the same way.
 
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,9 +34,6 @@ import timm
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
-
-#: Bump when the stored feature layout or the forward pass changes: it invalidates every cache entry.
-FORMAT_VERSION = 1
 
 #: features_only out_indices used for a CNN when `layers` is None (mid-level maps, as in PatchCore).
 DEFAULT_CNN_LAYERS: tuple[int, ...] = (2, 3)
@@ -195,7 +194,7 @@ def feature_dim(cfg: BackboneConfig) -> tuple[int, int, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight identity and the cache key
+# Weight identity (what the cache key records of the weights)
 
 
 @lru_cache(maxsize=64)
@@ -250,41 +249,6 @@ def weights_identity(cfg: BackboneConfig) -> str:
     if not path.is_file():
         raise BackboneError(f"{path}: weights file for backbone {cfg.name} does not exist")
     return f"file:sha256:{file_sha256(path)}"
-
-
-def backbone_key(cfg: BackboneConfig) -> str:
-    """Directory name of this backbone's cache: readable prefix + hash of everything that changes features."""
-    mean, std = resolved_mean_std(cfg)
-    ident = {
-        "format": FORMAT_VERSION,
-        "name": cfg.name,
-        "weights": weights_identity(cfg),
-        "resize": cfg.resize,
-        "crop": cfg.crop,
-        "mean": [round(float(m), 6) for m in mean],
-        "std": [round(float(s), 6) for s in std],
-        "layers": None if (lay := resolved_layers(cfg)) is None else list(lay),
-    }
-    if cfg.border_context:  # only when on: the keys of existing caches stay as they were
-        ident["border_context"] = True
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in cfg.name)
-    return f"{safe}-{cfg.weights_kind}-{digest}"
-
-
-def key_description(cfg: BackboneConfig) -> dict[str, Any]:
-    """Human-readable record of what a cache directory holds (written next to the entries)."""
-    mean, std = resolved_mean_std(cfg)
-    lay = resolved_layers(cfg)
-    return {
-        "format": FORMAT_VERSION,
-        "config": cfg.model_dump(mode="json"),
-        "weights_identity": weights_identity(cfg),
-        "mean": list(mean),
-        "std": list(std),
-        "layers": None if lay is None else list(lay),
-        "feature_dim": list(feature_dim(cfg)),
-    }
 
 
 # ---------------------------------------------------------------------------------------------

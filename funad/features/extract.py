@@ -1,13 +1,9 @@
-"""Frozen-backbone features for a list of images: preprocessing, cached extraction, masks.
+"""Frozen-backbone features for a list of images: cached extraction into a FeatureSet.
 
-Public API (see docs/interfaces.md): BackboneConfig, backbone_key, feature_dim, extract_features,
-load_masks, load_crop, forward_count, reset_forward_count. Backbone and weight handling live in
-funad/backbones.py, the on-disk cache in funad/feature_cache.py.
-
-Preprocessing (protocol.md): RGB -> [optional seeded affine for augmented copies] -> resize to
-resize x resize (bilinear, aspect not kept) -> center crop `crop` -> normalise with mean/std.
-Masks get the same affine (nearest), a nearest resize and the same crop, so mask pixels stay aligned
-with the 224x224 crop that the metrics are computed on.
+In funad.features (layering: see its __init__) this is the top module: it imports `featureset`,
+`backbone`, `preprocessing` and `cache`, and nothing imports it but the package's `__init__`.
+extract_features keys the images (cache), computes the missing entries (preprocessing -> backbone),
+packs them (cache) and returns views of the pack (featureset).
 """
 
 from __future__ import annotations
@@ -18,40 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from skimage.transform import AffineTransform, warp
 from tqdm import tqdm
 
-from funad.backbones import (
+from funad.data.records import ImageRecord
+from funad.features.backbone import (
     BackboneConfig,
     BackboneError,
     FeatureExtractor,
-    backbone_key,
     build_extractor,
-    crop_offset,
     feature_dim,
-    key_description,
-    resolved_mean_std,
 )
-from funad.data.images import image_size, load_mask, load_rgb
-from funad.data.records import ImageRecord
-from funad.feature_cache import FeatureCache, entry_key, prune_packs
-from funad.featureset import FeatureSet, PackRows
-
-__all__ = [
-    "BackboneConfig",
-    "BackboneError",
-    "augment_params",
-    "backbone_key",
-    "extract_features",
-    "feature_dim",
-    "forward_count",
-    "load_crop",
-    "load_masks",
-    "preprocess",
-    "prune_packs",
-    "reset_forward_count",
-]
+from funad.features.cache import FeatureCache, entry_key, open_cache
+from funad.features.featureset import FeatureSet, PackRows
+from funad.features.preprocessing import preprocess
 
 _FORWARD_COUNT = 0
 # One live extractor per process (keyed by backbone key + device): repeated calls skip the rebuild.
@@ -68,67 +43,6 @@ def reset_forward_count() -> None:
     _FORWARD_COUNT = 0
 
 
-# ---------------------------------------------------------------------------------------------
-# Preprocessing
-
-
-def augment_params(seed: int) -> dict[str, float]:
-    """The seeded affine of an augmented copy: rotation +-10 deg, translate +-4 %, scale 0.95-1.05."""
-    rng = np.random.default_rng([0xA46, int(seed)])
-    return {
-        "angle": float(rng.uniform(-10.0, 10.0)),
-        "tx": float(rng.uniform(-0.04, 0.04)),
-        "ty": float(rng.uniform(-0.04, 0.04)),
-        "scale": float(rng.uniform(0.95, 1.05)),
-    }
-
-
-def _affine(arr: np.ndarray, seed: int, order: int) -> np.ndarray:
-    """Apply augment_params(seed) about the image centre. Borders are mirrored (mode='reflect') so no
-    black corners appear that a detector could mistake for a defect; the mask gets the same mapping."""
-    h, w = arr.shape[:2]
-    p = augment_params(seed)
-    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
-    fwd = (
-        AffineTransform(translation=-c)
-        + AffineTransform(scale=p["scale"], rotation=np.deg2rad(p["angle"]))
-        + AffineTransform(translation=c + np.array([p["tx"] * w, p["ty"] * h]))
-    )
-    out = warp(arr, fwd.inverse, order=order, mode="reflect", preserve_range=True)
-    return out.astype(arr.dtype) if order == 0 else np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _crop_box(resize: int, crop: int) -> tuple[int, int]:
-    """Top-left offset of the center crop (same rounding as torchvision's CenterCrop)."""
-    off = crop_offset(resize, crop)
-    return off, off
-
-
-def _load_resized(record: ImageRecord, cfg: BackboneConfig) -> np.ndarray:
-    """uint8 [resize, resize, 3]: decoded, augmented (if the record says so), resized."""
-    im = load_rgb(record.path)
-    if record.augment is not None:
-        im = Image.fromarray(_affine(np.asarray(im), record.augment, order=1))
-    return np.asarray(im.resize((cfg.resize, cfg.resize), Image.Resampling.BILINEAR))
-
-
-def load_crop(record: ImageRecord, cfg: BackboneConfig) -> np.ndarray:
-    """The evaluated region before normalisation: uint8 [crop, crop, 3] (what maps and masks cover)."""
-    top, left = _crop_box(cfg.resize, cfg.crop)
-    return _load_resized(record, cfg)[top : top + cfg.crop, left : left + cfg.crop]
-
-
-def preprocess(record: ImageRecord, cfg: BackboneConfig) -> torch.Tensor:
-    """Normalised float32 tensor [3, crop, crop] ([3, resize, resize] with border_context)."""
-    mean, std = resolved_mean_std(cfg)
-    if cfg.border_context:  # the extractor cuts the crop's cells out of the feature map
-        x = _load_resized(record, cfg).astype(np.float32) / 255.0
-    else:
-        x = load_crop(record, cfg).astype(np.float32) / 255.0
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
-
-
 class _Images(torch.utils.data.Dataset):
     """Records -> tensors, so DataLoader workers can decode images in parallel (num_workers > 0)."""
 
@@ -140,27 +54,6 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return preprocess(self.records[i], self.cfg)
-
-
-def load_masks(records: Sequence[ImageRecord], cfg: BackboneConfig) -> np.ndarray:
-    """[N, crop, crop] bool ground truth aligned with the feature crop (no mask -> all False)."""
-    out = np.zeros((len(records), cfg.crop, cfg.crop), dtype=bool)
-    top, left = _crop_box(cfg.resize, cfg.crop)
-    for i, r in enumerate(records):
-        if r.mask_path is None:
-            continue
-        m = load_mask(r.mask_path, image_size(r.path))
-        if r.augment is not None:
-            m = _affine(m.astype(np.uint8), r.augment, order=0)
-        im = Image.fromarray((m > 0).astype(np.uint8) * 255).resize(
-            (cfg.resize, cfg.resize), Image.Resampling.NEAREST
-        )
-        out[i] = np.asarray(im)[top : top + cfg.crop, left : left + cfg.crop] > 0
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Extraction
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -182,7 +75,6 @@ def _compute(
     records: Sequence[ImageRecord],
     keys: Sequence[str],
     cfg: BackboneConfig,
-    bkey: str,
     cache: FeatureCache,
     device: torch.device,
     batch_size: int,
@@ -191,7 +83,7 @@ def _compute(
 ) -> None:
     """Run the backbone over `records` in batches and write one cache entry per image."""
     global _FORWARD_COUNT
-    model = _extractor(cfg, bkey, device)
+    model = _extractor(cfg, cache.key, device)
     loader: torch.utils.data.DataLoader | None = None
     if num_workers > 0:
         loader = torch.utils.data.DataLoader(
@@ -224,7 +116,6 @@ def _open_or_build_pack(
     records: Sequence[ImageRecord],
     keys: list[str],
     cfg: BackboneConfig,
-    bkey: str,
     device: str | torch.device | None,
     batch_size: int,
     progress: bool,
@@ -240,7 +131,7 @@ def _open_or_build_pack(
         if k not in todo and cache.read_entry(k, verify_checksum=verify_checksums) is None:
             todo[k] = r
     if todo:
-        _compute(list(todo.values()), list(todo), cfg, bkey, cache, _resolve_device(device),
+        _compute(list(todo.values()), list(todo), cfg, cache, _resolve_device(device),
                  batch_size, progress, num_workers)
     cache.build_pack(keys)
     pack = cache.open_pack(keys, verify_checksum=False)
@@ -273,15 +164,13 @@ def extract_features(
     """
     records = list(records)
     gh, gw, c = feature_dim(cfg)
-    bkey = backbone_key(cfg)
-    cache = FeatureCache(Path(cache_dir) / bkey, (1 + gh * gw, c))
-    cache.write_description(key_description(cfg))
+    cache = open_cache(Path(cache_dir), cfg)
     labels = np.asarray([r.label for r in records], dtype=np.int8)
     ids = [r.image_id for r in records]
     if not records:
         return FeatureSet(ids, np.zeros((0, c), np.float16), np.zeros((0, gh, gw, c), np.float16), labels)
 
-    build = (cfg, bkey, device, batch_size, progress, num_workers, verify_checksums)
+    build = (cfg, device, batch_size, progress, num_workers, verify_checksums)
     keys = [entry_key(r.path, r.augment) for r in records]  # memoised: within costs no second read
     if within is not None:
         within = list(within)

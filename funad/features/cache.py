@@ -1,5 +1,10 @@
 """On-disk feature cache: one verified fp16 entry per image, plus memory-mapped per-set packs.
 
+In funad.features (layering: see its __init__) this module imports only `backbone`. It is the one
+home of every cache key: `backbone_key` (the directory: backbone, weights and preprocessing),
+`entry_key` (one image as the backbone sees it) and `pack_key` (one ordered list of entries), and of
+the layout below (`open_cache`).
+
 Layout under `<cache_dir>/<backbone_key>/`:
     backbone.json                 what this directory holds (human-readable)
     entries/<k[:2]>/<k>.npy       [1 + H*W, C] float16, row 0 = CLS; k = sha256(image bytes + augment)
@@ -32,18 +37,67 @@ from typing import Any
 
 import numpy as np
 
+from funad.features.backbone import (
+    BackboneConfig,
+    feature_dim,
+    resolved_layers,
+    resolved_mean_std,
+    weights_identity,
+)
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX: atomic replace still holds, pairing may race
     fcntl = None  # type: ignore[assignment]
 
+#: Bump when the stored feature layout or the forward pass changes: it invalidates every cache entry.
+FORMAT_VERSION = 1
 DTYPE = np.dtype(np.float16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys: every name in the cache is built here
+
+
+def backbone_key(cfg: BackboneConfig) -> str:
+    """Directory name of this backbone's cache: readable prefix + hash of everything that changes features."""
+    mean, std = resolved_mean_std(cfg)
+    ident = {
+        "format": FORMAT_VERSION,
+        "name": cfg.name,
+        "weights": weights_identity(cfg),
+        "resize": cfg.resize,
+        "crop": cfg.crop,
+        "mean": [round(float(m), 6) for m in mean],
+        "std": [round(float(s), 6) for s in std],
+        "layers": None if (lay := resolved_layers(cfg)) is None else list(lay),
+    }
+    if cfg.border_context:  # only when on: the keys of existing caches stay as they were
+        ident["border_context"] = True
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in cfg.name)
+    return f"{safe}-{cfg.weights_kind}-{digest}"
+
+
+def key_description(cfg: BackboneConfig) -> dict[str, Any]:
+    """Human-readable record of what a cache directory holds (written next to the entries)."""
+    mean, std = resolved_mean_std(cfg)
+    lay = resolved_layers(cfg)
+    return {
+        "format": FORMAT_VERSION,
+        "config": cfg.model_dump(mode="json"),
+        "weights_identity": weights_identity(cfg),
+        "mean": list(mean),
+        "std": list(std),
+        "layers": None if lay is None else list(lay),
+        "feature_dim": list(feature_dim(cfg)),
+    }
 
 
 def entry_key(image_path: Path, augment: int | None) -> str:
     """Content address of one image as the backbone sees it: file bytes plus the augment seed.
 
-    Memoised on (path, size, mtime) like backbones.file_sha256: a cell keys its category once for
+    Memoised on (path, size, mtime) like backbone.file_sha256: a cell keys its category once for
     the train split and once for the test split, and a reused worker keys it again in every cell.
     """
     st = os.stat(image_path)
@@ -58,6 +112,23 @@ def _entry_key(path: str, size: int, mtime_ns: int, augment: int | None) -> str:
             h.update(chunk)
     h.update(b"\0augment:" + (b"none" if augment is None else str(int(augment)).encode()))
     return h.hexdigest()
+
+
+def pack_key(keys: Sequence[str]) -> str:
+    """Name of the pack of these entry keys, in this order."""
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
+def open_cache(cache_dir: Path, cfg: BackboneConfig) -> FeatureCache:
+    """The cache of cfg's features under `cache_dir` (`<cache_dir>/<backbone_key>`), described once."""
+    gh, gw, c = feature_dim(cfg)
+    cache = FeatureCache(Path(cache_dir) / backbone_key(cfg), (1 + gh * gw, c))
+    cache.write_description(key_description(cfg))
+    return cache
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
 
 
 def _sha256_array(arr: np.ndarray, chunk_rows: int = 64) -> str:
@@ -100,6 +171,11 @@ class FeatureCache:
         (self.root / "packs").mkdir(parents=True, exist_ok=True)
         self._lock_path = self.root / ".lock"
         self._lock_path.touch(exist_ok=True)
+
+    @property
+    def key(self) -> str:
+        """The backbone key this directory is named by."""
+        return self.root.name
 
     # -- locking ------------------------------------------------------------------------------
 
@@ -165,17 +241,13 @@ class FeatureCache:
 
     # -- packs --------------------------------------------------------------------------------
 
-    @staticmethod
-    def pack_key(keys: Sequence[str]) -> str:
-        return hashlib.sha256("\n".join(keys).encode()).hexdigest()
-
     def pack_paths(self, pkey: str) -> tuple[Path, Path]:
         d = self.root / "packs"
         return d / f"{pkey}.npy", d / f"{pkey}.json"
 
     def open_pack(self, keys: Sequence[str], *, verify_checksum: bool = True) -> np.memmap | None:
         """The pack for this ordered key list as a read-only memmap, or None if absent or invalid."""
-        data_path, meta_path = self.pack_paths(self.pack_key(keys))
+        data_path, meta_path = self.pack_paths(pack_key(keys))
         shape = (len(keys), *self.entry_shape)
         with self._lock(exclusive=False):
             try:
@@ -206,7 +278,7 @@ class FeatureCache:
 
     def build_pack(self, keys: Sequence[str]) -> None:
         """Concatenate existing (verified) entries, in order, into one atomically written pack."""
-        data_path, meta_path = self.pack_paths(self.pack_key(keys))
+        data_path, meta_path = self.pack_paths(pack_key(keys))
         shape = (len(keys), *self.entry_shape)
         fd, tmp = tempfile.mkstemp(dir=data_path.parent, prefix=f".{data_path.name}.", suffix=".tmp")
         os.close(fd)
