@@ -391,11 +391,11 @@ def populate_cache(
     that made a single backbone forward.
     """
     from funad import features
-    from funad.features import entry_key, feature_dim
+    from funad.features import BackboneConfig, entry_key, feature_dim
     from funad.features.cache import open_cache, pack_key
-    from funad.run import backbone_config, open_dataset
+    from funad.run import open_dataset
 
-    cfg = backbone_config(backbone)
+    cfg = BackboneConfig(**backbone)
     gh, gw, c = feature_dim(cfg)
     cache = open_cache(Path(cache_dir), cfg)
     shape = cache.entry_shape

@@ -186,9 +186,9 @@ def test_memory_bench_cache_needs_no_backbone(tmp_path, monkeypatch: pytest.Monk
     import numpy as np
 
     from benchmarks.memory_bench import BACKBONE, CATEGORY, populate_cache, write_dataset
-    from funad.features import backbone_key, entry_key, extract
+    from funad.features import BackboneConfig, backbone_key, entry_key, extract
     from funad.features.cache import FeatureCache
-    from funad.run import backbone_config, open_dataset
+    from funad.run import open_dataset
 
     counts = write_dataset(tmp_path / "data", 4, 3)
     assert counts == {"n_train": 4, "n_test_normal": 2, "n_test_anomalous": 1}
@@ -200,7 +200,7 @@ def test_memory_bench_cache_needs_no_backbone(tmp_path, monkeypatch: pytest.Monk
         raise AssertionError("a backbone was built: the cache is missing an entry")
 
     monkeypatch.setattr(extract, "build_extractor", no_backbone)
-    cfg = backbone_config(BACKBONE)
+    cfg = BackboneConfig(**BACKBONE)
     records = open_dataset({"kind": "folder", "root": str(tmp_path / "data")}).records(CATEGORY)
     before = extract.forward_count()
     fs = extract.extract_features(records, cfg, tmp_path / "features", progress=False)

@@ -138,10 +138,10 @@ def test_driver_sigkill_then_rerun_with_corrupt_files(tmp_path: Path, drivers: l
     del finished[victim]
     # (b) stray temp files of an interrupted atomic write: readers must ignore them, and the next
     #     driver removes them (no writer of them is alive when a driver starts);
-    strays = [
-        run_dir / "results" / f".{victim}.abc123.tmp",
-        run_dir / "scores" / ".x.parquet.tmp",
-        run_dir / ".live.json.k1ll3d.tmp",
+    strays = [  # atomic_write's temp names: .<name>.<8 random characters>.tmp
+        run_dir / "results" / f".{victim}.parquet.abc123de.tmp",
+        run_dir / "scores" / ".x.parquet.q1w2e3r4.tmp",
+        run_dir / ".live.json.k1ll3d00.tmp",
     ]
     for stray in strays:
         stray.write_bytes(b"PAR1 half a file")

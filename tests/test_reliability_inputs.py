@@ -205,12 +205,13 @@ def test_features_stage_decodes_every_file_on_a_warm_cache(tmp_path: Path, one_t
     process: nothing decoded yet): no backbone forward, yet every image and mask is decoded, so a
     mask broken after the features were cached still stops the stage."""
     from funad.data.records import DatasetError
+    from funad.features import BackboneConfig
     from harness.cells import FeatureJob
     from harness.features_stage import extract_category
 
     root = tmp_path / "mvtec"
     build_broken(root, "truncated_png_body")  # breaks wood; bottle is intact
-    job = FeatureJob({"kind": "mvtec", "root": str(root)}, "bottle", TINY_BACKBONE)
+    job = FeatureJob({"kind": "mvtec", "root": str(root)}, "bottle", BackboneConfig(**TINY_BACKBONE))
     images = sorted(p for p in (root / "bottle").rglob("*.png") if "ground_truth" not in p.parts)
     n_unique = len({p.read_bytes() for p in images})  # two defect images are equal: one backbone pass
     cache = str(tmp_path / "features")

@@ -191,7 +191,8 @@ def gpu_hours(
     images_per_s: float | None = None,
     bank_every: Sequence[int] = BANK_EVERY,
 ) -> dict[str, Any]:
-    """Device-hours of every cell (one trial on the device at a time), per method; FUN-AD per
+    """Device-hours of every cell (one trial on the device at a time), per method (a measured method the
+    sweep file does not hold: as if it held it with one grid point); FUN-AD per
     configuration in `funad` and, where its reuse cost is known, with each bank_every; the groups of
     cells (dataset/category ratio) that dominate FUN-AD's total; the features stage (`images` once
     through the backbone) at images_per_s."""
@@ -215,9 +216,13 @@ def gpu_hours(
             "groups": [{"cells": g, "gpu_hours": h, "share": h / total} for g, h in top],
             "top_share": sum(h for _, h in top) / total,
         }
+    # a measured method the sweep file does not hold is estimated as one more method of it (one grid point
+    # in every category x split rule x seed)
+    one_point = list({(c.dataset, c.category, c.rule, c.seed): c for c in cells}.values())
+    in_grid = {c.method for c in cells}
     for method, cost in others.items():
-        out["methods"][method] = sum(cost.at(c.amounts.pool, c.amounts.test) for c in cells
-                                     if c.method == method) / 3600
+        of_method = [c for c in cells if c.method == method] if method in in_grid else one_point
+        out["methods"][method] = sum(cost.at(c.amounts.pool, c.amounts.test) for c in of_method) / 3600
     out["features"] = None if not images_per_s else images / images_per_s / 3600
     out["cells"] = dict(Counter(c.method for c in cells))
     return out
