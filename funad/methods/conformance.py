@@ -151,20 +151,22 @@ def _tiny(cls: type[Method], pixel_level: bool) -> Tiny | TinyImages:
     return tiny_features(seed=1, pixel_level=pixel_level)
 
 
-def _fit_score(name: str, data: Tiny | TinyImages, seed: int) -> tuple[Method, np.ndarray, np.ndarray | None]:
-    cls = method_class(name)
-    method = create_method(name, dict(getattr(cls, "smoke_settings", {}) or {}))
+def _fit_score(name: str, data: Tiny | TinyImages, seed: int,
+               settings: dict[str, Any]) -> tuple[Method, np.ndarray, np.ndarray | None]:
+    method = create_method(name, settings)
     ctx = FitContext(seed=seed, device="cpu", map_size=MAP_SIZE)
     method.fit(data.train, ctx)
     scores = method.score(data.test, ctx)
     return method, np.asarray(scores.image), None if scores.maps is None else np.asarray(scores.maps)
 
 
-def check_method(name: str) -> None:
-    """Run every check on the method registered as `name` (see the module docstring)."""
+def check_method(name: str, with_settings: dict[str, Any] | None = None) -> None:
+    """Run every check on the method registered as `name` (see the module docstring), with its
+    smoke_settings, or `with_settings` (e.g. for a model that needs a local folder)."""
     cls = method_class(name)
     where = f"method {name!r}"
-    settings = cls.Settings(**dict(getattr(cls, "smoke_settings", {}) or {}))
+    given = dict(getattr(cls, "smoke_settings", {}) or {}) if with_settings is None else dict(with_settings)
+    settings = cls.Settings(**given)
     assert cls.Settings(**settings.model_dump()) == settings, f"{where}: settings do not round-trip"
     cost = cls.cost(settings)
     assert isinstance(cost, float) and cost > 0 and math.isfinite(cost), f"{where}: cost() gave {cost!r}"
@@ -172,7 +174,7 @@ def check_method(name: str) -> None:
     for pixel_level in (True, False):
         data = _tiny(cls, pixel_level)
         n = data.test.n
-        method, image, maps = _fit_score(name, data, seed=3)
+        method, image, maps = _fit_score(name, data, seed=3, settings=given)
         assert image.shape == (n,) and image.dtype == np.float32, (
             f"{where}: image scores {image.shape} {image.dtype}, expected ({n},) float32")
         assert np.isfinite(image).all(), f"{where}: non-finite image scores {image}"
@@ -189,6 +191,6 @@ def check_method(name: str) -> None:
         assert floats, f"{where}: a diagnostic is not a float: {method.diagnostics}"
         assert isinstance(method.history, list) and all(isinstance(h, dict) and "epoch" in h
                                                         for h in method.history), f"{where}: bad history"
-        _, again, maps_again = _fit_score(name, data, seed=3)
+        _, again, maps_again = _fit_score(name, data, seed=3, settings=given)
         assert np.array_equal(image, again), f"{where}: not deterministic for a fixed seed"
         assert (maps is None) == (maps_again is None) and (maps is None or np.array_equal(maps, maps_again))

@@ -167,6 +167,7 @@ class AnomalibMethod(Method):
         return float(effective_epochs(cls.anomalib_model, settings))
 
     def fit(self, train: Any, ctx: FitContext) -> None:
+        from funad.backbones import BackboneError
         from funad.methods.anomalib import build, runner
 
         model, s = self.anomalib_model, self.settings
@@ -179,7 +180,7 @@ class AnomalibMethod(Method):
                     batch_size=effective_batch_size(model, s), seed=ctx.seed, device=ctx.device,
                     report=ctx.report if facts(model).trains else None, validate=facts(model).validate,
                     root=root)
-            except AnomalibError:
+            except (AnomalibError, BackboneError):  # our own refusals, as they are
                 raise
             except Exception as e:
                 raise RuntimeError(f"anomalib model {model} failed in fit: {type(e).__name__}: {e}") from e
@@ -221,7 +222,7 @@ def _smoke(model: str) -> dict[str, Any]:
     """Seconds-long settings for the conformance checks (funad.methods.conformance)."""
     out: dict[str, Any] = {"batch_size": 4}
     if facts(model).trains:
-        out["epochs"] = 2
+        out["epochs"] = 1
     if facts(model).batch_size is not None:
         out["batch_size"] = facts(model).batch_size
     return out

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -28,6 +29,13 @@ from anomalib.data import ImageBatch, ImageItem
 from torch.utils.data import DataLoader, Dataset
 
 from funad.imageset import ImageSet
+
+#: Lightning's advice that does not apply to these runs (no logger on purpose, frozen backbones in eval
+#: mode, memory-bank models without an optimiser, the batch size of an ImageBatch)
+_NOISE = (r"You called `self\.log", r"Found \d+ module\(s\) in eval mode",
+          r"Trying to infer the `batch_size`", r"`LightningModule\.configure_optimizers` returned `None`",
+          r".*does not have many workers",
+          r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 #: Trainer arguments of a model's `trainer_arguments` that the adapter decides itself (epochs, devices,
 #: validation: a cell has no validation split; the models that need one get the training pool, below)
@@ -50,7 +58,10 @@ def scratch() -> Iterator[Path]:
         for lg in quiet:
             lg.setLevel(logging.WARNING)
         os.chdir(root)
-        yield root
+        with warnings.catch_warnings():
+            for message in _NOISE:
+                warnings.filterwarnings("ignore", message=message)
+            yield root
     finally:
         os.chdir(old_cwd)
         for k, v in saved.items():
