@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import timm
 
-from funad.backbones import BackboneConfig, resolved_mean_std
+from funad.backbones import BackboneConfig, is_vit, resolved_mean_std
 from funad.methods.anomalib.backbone import (
     WeightsSource,
     check_cnn,
@@ -74,8 +75,11 @@ def _sources(model: str, s: AnomalibSettings, cfg: BackboneConfig) -> list[Weigh
         return [WeightsSource(cfg.name, cfg)]
     if s.weights is None or facts(model).pretrained != "timm":
         return []
-    name = own_backbone(model, s)
-    return [WeightsSource(name, BackboneConfig(name=name.split(".", 1)[0], weights=s.weights))]
+    name = own_backbone(model, s).split(".", 1)[0]
+    if is_vit(name):  # built at its native size, as anomalib builds it (the same position embeddings)
+        side = int(timm.get_pretrained_cfg(name).input_size[-1])
+        return [WeightsSource(name, BackboneConfig(name=name, weights=s.weights, resize=side, crop=side))]
+    return [WeightsSource(name, BackboneConfig(name=name, weights=s.weights))]
 
 
 @contextmanager
@@ -95,12 +99,21 @@ def offline(model: str, s: AnomalibSettings, cfg: BackboneConfig, root: Path) ->
 
 def _pre_processor(model: str, cls: type, s: AnomalibSettings, cfg: BackboneConfig) -> Any:
     """The model's own pre-processor at our crop size; our backbone's mean/std where it is ours."""
-    from torchvision.transforms.v2 import Compose, Normalize
+    from torchvision.transforms.v2 import CenterCrop, Compose, Normalize
 
     try:
         pre = cls.configure_pre_processor(image_size=(cfg.crop, cfg.crop))
     except TypeError:  # a model whose pre-processor has a size of its own
         pre = cls.configure_pre_processor()
+    except ValueError as e:  # MH-PatchCore: a fixed 224 px centre crop
+        raise AnomalibError(f"anomalib model {model} cannot take the protocol's {cfg.crop} px crops: "
+                            f"{e}") from e
+    steps = list(pre.transform.transforms) if pre is not None and isinstance(pre.transform, Compose) else []
+    for step in steps:
+        if isinstance(step, CenterCrop) and tuple(step.size) != (cfg.crop, cfg.crop):
+            # its maps would cover only the middle of our crop, not the region our masks cover
+            raise AnomalibError(f"anomalib model {model} centre-crops {tuple(step.size)} px out of the "
+                                f"protocol's {cfg.crop} px crops; set the protocol's crop to {step.size[0]}")
     if protocol_backbone(model, s) and pre is not None and isinstance(pre.transform, Compose):
         mean, std = resolved_mean_std(cfg)
         pre.transform = Compose([Normalize(mean=list(mean), std=list(std)) if isinstance(t, Normalize) else t

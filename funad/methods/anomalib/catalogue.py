@@ -80,7 +80,8 @@ FACTS: dict[str, Facts] = {
     "Dfkde": Facts(trains=False, backbone="cnn", pretrained="timm"),
     "Dfm": Facts(trains=False, backbone="cnn1", pretrained="timm"),
     "Stfpm": Facts(trains=True, backbone="cnn", pretrained="timm"),
-    "ReverseDistillation": Facts(trains=True, backbone="cnn", pretrained="timm"),
+    # its decoder mirrors a ResNet (resnet18/34/50, wide_resnet50_2, ...): no other backbone
+    "ReverseDistillation": Facts(trains=True, backbone="named", pretrained="timm"),
     "Cflow": Facts(trains=True, backbone="cnn", pretrained="timm"),
     "Supersimplenet": Facts(trains=True, backbone="cnn", pretrained="timm"),
     "Glass": Facts(trains=True, backbone="cnn", pretrained="timm"),

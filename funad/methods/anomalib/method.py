@@ -225,6 +225,9 @@ def _smoke(model: str) -> dict[str, Any]:
         out["epochs"] = 1
     if facts(model).batch_size is not None:
         out["batch_size"] = facts(model).batch_size
+    # tiny-problem sizes: DFKDE's 16 PCA components need more than 12 images, CFLOW's 64-fibre batches
+    # more than the 2x2 cells of a 64 px image's deepest map
+    out["model_args"] = {"Dfkde": {"n_pca_components": 4}, "Cflow": {"fiber_batch_size": 8}}.get(model, {})
     return out
 
 
