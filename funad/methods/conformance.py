@@ -144,10 +144,10 @@ def tiny_images(root: Path | None = None, seed: int = 0, pixel_level: bool = Tru
     )
 
 
-def _tiny(cls: type[Method], pixel_level: bool) -> Tiny | TinyImages:
+def _tiny(cls: type[Method], pixel_level: bool, preprocessing: Any = None) -> Tiny | TinyImages:
     """The tiny problem of the method's input kind."""
     if cls.input_kind == "images":
-        return tiny_images(seed=1, pixel_level=pixel_level)
+        return tiny_images(seed=1, pixel_level=pixel_level, preprocessing=preprocessing)
     return tiny_features(seed=1, pixel_level=pixel_level)
 
 
@@ -160,9 +160,10 @@ def _fit_score(name: str, data: Tiny | TinyImages, seed: int,
     return method, np.asarray(scores.image), None if scores.maps is None else np.asarray(scores.maps)
 
 
-def check_method(name: str, with_settings: dict[str, Any] | None = None) -> None:
+def check_method(name: str, with_settings: dict[str, Any] | None = None, preprocessing: Any = None) -> None:
     """Run every check on the method registered as `name` (see the module docstring), with its
-    smoke_settings, or `with_settings` (e.g. for a model that needs a local folder)."""
+    smoke_settings, or `with_settings` (e.g. for a model that needs a local folder); image methods on
+    tiny images under `preprocessing` (a BackboneConfig; default: tiny_images's)."""
     cls = method_class(name)
     where = f"method {name!r}"
     given = dict(getattr(cls, "smoke_settings", {}) or {}) if with_settings is None else dict(with_settings)
@@ -172,7 +173,7 @@ def check_method(name: str, with_settings: dict[str, Any] | None = None) -> None
     assert isinstance(cost, float) and cost > 0 and math.isfinite(cost), f"{where}: cost() gave {cost!r}"
 
     for pixel_level in (True, False):
-        data = _tiny(cls, pixel_level)
+        data = _tiny(cls, pixel_level, preprocessing)
         n = data.test.n
         method, image, maps = _fit_score(name, data, seed=3, settings=given)
         assert image.shape == (n,) and image.dtype == np.float32, (

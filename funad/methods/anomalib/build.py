@@ -11,7 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import timm
 
-from funad.backbones import BackboneConfig, is_vit, resolved_mean_std
+from funad.backbones import BackboneConfig, feature_dim, is_vit, resolved_mean_std
 from funad.methods.anomalib.backbone import (
     WeightsSource,
     check_cnn,
@@ -37,10 +37,11 @@ def _refusal(model: str):
     return refuse
 
 
-def protocol_args(model: str, cfg: BackboneConfig) -> dict[str, Any]:
+def protocol_args(model: str, cfg: BackboneConfig, model_args: dict[str, Any]) -> dict[str, Any]:
     """Constructor arguments that put the cell's backbone into the model: `backbone`, and `layers` (or
     `layer`): the cell's layers if it sets them, else the model's own default layers at the same
-    feature_info indices of our backbone."""
+    feature_info indices of our backbone. Sizes that follow from the backbone (PaDiM's n_features,
+    FRE's input_dim) are derived unless model_args gives them (model_args win over these)."""
     check_cnn(cfg, model)
     kind, sig = facts(model).backbone, signature(model)
     args: dict[str, Any] = {"backbone": cfg.name}
@@ -67,6 +68,12 @@ def protocol_args(model: str, cfg: BackboneConfig) -> dict[str, Any]:
         # PaDiM keeps a random subset of n_features channels; anomalib knows the paper's counts only for
         # resnet18 (100) and wide_resnet50_2 (550): on another backbone every channel is kept
         args["n_features"] = feature_channels(cfg.name, names)
+    if model == "Fre":
+        # FRE's autoencoder takes the pooled map flattened: its input_dim (65536 = resnet50 layer3 at
+        # 256 px) follows from our backbone, layer and crop
+        gh, gw, chs = feature_dim(cfg.model_copy(update={"layers": indices}))
+        k = int(model_args.get("pooling_kernel_size", sig["pooling_kernel_size"]))
+        args["input_dim"] = chs * (gh // k) * (gw // k)
     return args
 
 
@@ -129,7 +136,7 @@ def construct(model: str, s: AnomalibSettings, cfg: BackboneConfig, seed: int) -
     cls = model_class(model)
     args = dict(s.model_args)
     if protocol_backbone(model, s):
-        args.update(protocol_args(model, cfg))
+        args = {**protocol_args(model, cfg, s.model_args), **s.model_args}
     pl.seed_everything(seed, workers=True, verbose=False)
     return cls(**args, pre_processor=_pre_processor(model, cls, s, cfg), post_processor=False,
                evaluator=False, visualizer=False)
