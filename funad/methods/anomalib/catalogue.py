@@ -61,6 +61,8 @@ class Facts:
     needs: tuple[Need, ...] = ()
     #: run the validation hooks once on the pool after training (EfficientAD's map quantiles)
     validate: bool = False
+    #: passes over the pool of a model that does not train (MH-PatchCore: PCA, covariance, memory bank)
+    passes: int = 1
     #: a batch size the model demands (EfficientAD: 1), else None
     batch_size: int | None = None
     #: why the model cannot run in this benchmark at all (even with every setting given), else None
@@ -76,7 +78,7 @@ _PRETRAINED_DIR = ("a local folder laid out like anomalib's pre_trained cache (t
 FACTS: dict[str, Facts] = {
     "Padim": Facts(trains=False, backbone="cnn", pretrained="timm"),
     "Patchcore": Facts(trains=False, backbone="cnn", pretrained="timm"),
-    "MHPatchcore": Facts(trains=False, backbone="cnn", pretrained="timm"),
+    "MHPatchcore": Facts(trains=False, backbone="cnn", pretrained="timm", passes=3),
     "Dfkde": Facts(trains=False, backbone="cnn", pretrained="timm"),
     "Dfm": Facts(trains=False, backbone="cnn1", pretrained="timm"),
     "Stfpm": Facts(trains=True, backbone="cnn", pretrained="timm"),

@@ -74,8 +74,10 @@ class AnomalibSettings(MethodSettings):
 
 
 def effective_epochs(model: str, settings: AnomalibSettings) -> int:
+    """Epochs the Trainer runs: the setting (or DEFAULT_EPOCHS) for trained models, the model's own
+    number of passes for the others."""
     if not facts(model).trains:
-        return 1
+        return facts(model).passes
     return settings.epochs if settings.epochs is not None else DEFAULT_EPOCHS
 
 
