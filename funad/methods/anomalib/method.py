@@ -224,7 +224,9 @@ def _smoke(model: str) -> dict[str, Any]:
     """Seconds-long settings for the conformance checks (funad.methods.conformance)."""
     out: dict[str, Any] = {"batch_size": 4}
     if facts(model).trains:
-        out["epochs"] = 1
+        # the fewest epochs at which the tiny problem's planted anomalies rank above its normals (measured:
+        # STFPM and CFLOW 3; GANomaly and SuperSimpleNet not within 5, see tests/test_anomalib.py)
+        out["epochs"] = {"Stfpm": 3, "Cflow": 3}.get(model, 1)
     if facts(model).batch_size is not None:
         out["batch_size"] = facts(model).batch_size
     # tiny-problem sizes: DFKDE's 16 PCA components need more than 12 images, CFLOW's 64-fibre batches
