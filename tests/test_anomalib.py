@@ -194,8 +194,10 @@ def _textures(root: Path) -> Path:
     return root
 
 
-@pytest.mark.slow
-def test_draem_runs_with_a_local_texture_folder(tmp_path: Path, one_thread: None) -> None:
+@pytest.mark.long
+def test_draem_meets_the_contract_with_a_local_texture_folder(tmp_path: Path, one_thread: None) -> None:
+    """DRAEM's two UNets cost ~20 CPU s per tiny epoch; at 2 epochs the planted squares rank just above
+    the normals (measured mean gap 0.0002, deterministic for the seed)."""
     check_method("anomalib.draem", {"epochs": 2, "batch_size": 4,
                                     "model_args": {"dtd_dir": str(_textures(tmp_path / "dtd"))}})
 
