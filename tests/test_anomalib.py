@@ -328,3 +328,42 @@ def test_a_vit_models_encoder_from_a_local_file(tiny, tmp_path: Path, one_thread
     assert theirs and all(torch.equal(v, src.state_dict()[k]) for k, v in theirs.items())
     scores = method.score(tiny.test, _ctx())
     assert scores.image.shape == (8,) and scores.maps.shape == (8, 24, 24)
+
+
+def test_weights_are_for_the_models_own_backbone(tmp_path: Path) -> None:
+    (tmp_path / "w.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="weights is for backbone: model"):
+        create_method("anomalib.padim", {"weights": str(tmp_path / "w.pth")})
+
+
+@pytest.mark.long  # minutes on this CPU: EfficientAD's student and autoencoder at 256 px, batch 1
+def test_efficientad_with_a_local_teacher_and_penalty_images(tmp_path: Path, one_thread: None) -> None:
+    """EfficientAD offline: pretrained_dir holds a teacher file in anomalib's cache layout (random tensors
+    here: the real one is distilled from a WideResNet) and imagenet_dir an ImageFolder of penalty images;
+    it trains at batch 1, computes its map quantiles on the pool (validation hooks) and scores. 256 px
+    crops: its PDN's receptive field does not fit 64 px."""
+    import torch
+    from anomalib.models.image import EfficientAd
+    from PIL import Image
+
+    from funad.backbones import BackboneConfig
+
+    tiny = tiny_images(tmp_path / "images", seed=1, preprocessing=BackboneConfig(resize=288, crop=256))
+    teacher_dir = tmp_path / "pre_trained" / "efficientad_pretrained_weights"
+    teacher_dir.mkdir(parents=True)
+    teacher = EfficientAd(imagenet_dir=tmp_path, post_processor=False, evaluator=False, visualizer=False)
+    torch.save(teacher.model.teacher.state_dict(), teacher_dir / "pretrained_teacher_small.pth")
+    rng = np.random.default_rng(0)
+    (tmp_path / "imagenet" / "n01").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, size=(300, 300, 3), dtype=np.uint8)).save(
+            tmp_path / "imagenet" / "n01" / f"{i}.png")
+    settings = {"epochs": 1, "pretrained_dir": str(tmp_path / "pre_trained"),
+                "model_args": {"imagenet_dir": str(tmp_path / "imagenet")}}
+    method = create_method("anomalib.efficientad", settings)
+    method.fit(tiny.train, _ctx())
+    loaded = method.module.model.teacher.state_dict()
+    saved = torch.load(teacher_dir / "pretrained_teacher_small.pth", weights_only=True)
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.items())
+    scores = method.score(tiny.test, _ctx())
+    assert scores.image.shape == (8,) and np.isfinite(scores.image).all() and scores.maps.shape == (8, 24, 24)

@@ -119,6 +119,9 @@ def check_settings(model: str, s: AnomalibSettings) -> None:
             raise _refuse(model, need.what, f"set {where} to {need.how}")
         if not Path(str(given)).expanduser().is_dir():
             raise AnomalibError(f"{given}: {where} of anomalib model {model} is not a folder ({need.what})")
+    if s.weights is not None and protocol_backbone(model, s):
+        raise AnomalibError(f"anomalib model {model}: weights is for backbone: model (the model's own "
+                            "network); with backbone: protocol the cell's backbone brings its weights")
     if s.weights not in (None, "hub") and not Path(s.weights).expanduser().is_file():
         raise AnomalibError(f"{s.weights}: weights file of anomalib model {model} does not exist")
     wants_pretrained = f.pretrained in ("timm", "torchvision") and s.model_args.get("pre_trained", True)
