@@ -63,6 +63,11 @@ def _load_builtin() -> None:
     from funad.methods import patchcore as _patchcore  # noqa: F401
     from funad.methods import softpatch as _softpatch  # noqa: F401
 
+    # anomalib's image models, when the `anomalib` extra is installed (listed without importing anomalib)
+    from funad.methods.anomalib import register_installed
+
+    register_installed()
+
 
 def _load() -> None:
     """Built-ins, then the installed plugins (once; a broken plugin raises PluginError every time)."""

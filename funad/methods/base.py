@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict
 
 from funad.features import FeatureSet
 
+#: what a method reads: "features" (a FeatureSet from the shared cache) or "images" (a
+#: funad.imageset.ImageSet: the same split part's crops, for methods that run their own network)
+INPUT_KINDS: tuple[str, ...] = ("features", "images")
+
 
 class MethodSettings(BaseModel):
     """Base of every method's settings: unknown keys are errors, values are validated."""
@@ -71,6 +75,8 @@ class Method(ABC):
     diagnostic_names: ClassVar[tuple[str, ...]] = ()
     #: settings small enough for a seconds-long check on tiny features (funad.methods.conformance)
     smoke_settings: ClassVar[dict[str, Any]] = {}
+    #: one of INPUT_KINDS: fit/score get a FeatureSet ("features") or an ImageSet ("images")
+    input_kind: ClassVar[str] = "features"
 
     @classmethod
     def cost(cls, settings: MethodSettings) -> float:
@@ -84,7 +90,8 @@ class Method(ABC):
 
     @abstractmethod
     def fit(self, train: FeatureSet, ctx: FitContext) -> None:
-        """Fit on the training pool. train.labels may be read for diagnostics only."""
+        """Fit on the training pool (an ImageSet when input_kind == "images"). train.labels may be read
+        for diagnostics only."""
 
     @abstractmethod
     def score(self, test: FeatureSet, ctx: FitContext) -> Scores:
