@@ -41,7 +41,7 @@ def main(runs: list[str]) -> None:
     import anomalib.models.image  # noqa: F401 - timed on its own
 
     print(json.dumps({"import_cpu_s": round(time.process_time() - start, 2)}), flush=True)
-    from funad.backbones import BackboneConfig
+    from funad.features import BackboneConfig
     from funad.methods import FitContext, create_method, method_class
     from funad.methods.anomalib import method_name
     from funad.methods.conformance import IMAGE_CROP, tiny_images

@@ -16,7 +16,7 @@ import numpy as np
 from funad.data.records import ImageRecord
 
 if TYPE_CHECKING:  # torch and timm on use: `import funad.imageset` stays cheap
-    from funad.backbones import BackboneConfig
+    from funad.features import BackboneConfig
 
 
 @dataclass

@@ -103,7 +103,7 @@ def test_models_that_run_but_do_not_rank_the_tiny_problem(model: str, crop: int,
     the contract's checks except the ranking one: within 5 epochs they do not score the tiny problem's
     planted squares above its normals (mean gaps at 2/3/5 epochs measured: GANomaly -0.003/-0.006/-0.027,
     SuperSimpleNet -0.38/-0.66/-0.50). If one starts to rank them, move it to OFFLINE."""
-    from funad.backbones import BackboneConfig
+    from funad.features import BackboneConfig
 
     data = tiny_images(seed=1, preprocessing=BackboneConfig(resize=crop + crop // 8, crop=crop))
     name = method_name(model)
@@ -209,8 +209,9 @@ def _extractor_state(method) -> dict:
 
 def test_bundled_backbone_weights_are_ours(tiny, one_thread: None) -> None:
     """With backbone: protocol, anomalib's PaDiM runs on exactly the bundled EfficientNet-Lite0 tensors
-    (compared with funad.backbones.build_model), on the model's own depths (layer1-3 -> indices 1-3)."""
-    from funad.backbones import build_model
+    (compared with funad.features.backbone.build_model), on the model's own depths (layer1-3 -> indices
+    1-3)."""
+    from funad.features.backbone import build_model
 
     method = create_method("anomalib.padim", {"batch_size": 4})
     method.fit(tiny.train, _ctx())
@@ -240,7 +241,7 @@ def test_local_weights_file_for_the_models_own_backbone(tiny, tmp_path: Path, on
 
 
 def test_a_vit_backbone_is_refused_for_cnn_models(tmp_path: Path) -> None:
-    from funad.backbones import BackboneConfig, BackboneError
+    from funad.features import BackboneConfig, BackboneError
 
     vit = BackboneConfig(name="vit_tiny_patch16_224", weights="random", resize=72, crop=64)
     test = tiny_images(tmp_path, seed=1, preprocessing=vit)
@@ -253,7 +254,7 @@ def test_the_guard_refuses_other_pretrained_networks() -> None:
     import timm
     import torchvision
 
-    from funad.backbones import BackboneError
+    from funad.features import BackboneError
     from funad.methods.anomalib.backbone import pretrained_weights
 
     with pretrained_weights([], lambda what: f"refused {what}"):
@@ -346,7 +347,7 @@ def test_efficientad_with_a_local_teacher_and_penalty_images(tmp_path: Path, one
     from anomalib.models.image import EfficientAd
     from PIL import Image
 
-    from funad.backbones import BackboneConfig
+    from funad.features import BackboneConfig
 
     tiny = tiny_images(tmp_path / "images", seed=1, preprocessing=BackboneConfig(resize=288, crop=256))
     teacher_dir = tmp_path / "pre_trained" / "efficientad_pretrained_weights"

@@ -110,9 +110,8 @@ def tiny_images(root: Path | None = None, seed: int = 0, pixel_level: bool = Tru
     returned TinyImages."""
     from PIL import Image
 
-    from funad.backbones import BackboneConfig
     from funad.data.records import ImageRecord
-    from funad.features import load_masks
+    from funad.features import BackboneConfig, load_masks
     from funad.imageset import ImageSet
 
     folder = tempfile.TemporaryDirectory(prefix="funad-tiny-images-") if root is None else None

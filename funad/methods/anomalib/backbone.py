@@ -10,7 +10,7 @@ pretrained=False (STFPM's student, a model's own random layers) pass through unt
 keeps its own split into pretrained and trained parts. torchvision's and torch.hub's URL downloads are
 refused the same way.
 
-Layers: our `layers` are timm feature_info indices (funad.backbones); anomalib names layers by module
+Layers: our `layers` are timm feature_info indices (funad.features.backbone); anomalib names layers by module
 ("layer2"). The model's own default layers map to the same indices of our backbone (a ResNet's
 "layer2" is index 2), so a model keeps its depth of features on any backbone.
 """
@@ -28,7 +28,7 @@ import timm
 import torch
 from torch import nn
 
-from funad.backbones import BackboneConfig, BackboneError, build_model, is_vit
+from funad.features.backbone import BackboneConfig, BackboneError, build_model, is_vit
 
 #: classifier-head prefixes a full timm model has and a backbone-only weights file may lack
 _HEAD_PREFIXES = ("head.", "fc.", "classifier.", "head_drop.")
@@ -94,7 +94,7 @@ def check_cnn(cfg: BackboneConfig, model: str) -> None:
 
 
 def _source_state(cfg: BackboneConfig) -> dict[str, torch.Tensor]:
-    """Our weights for cfg as a timm state dict without the classifier (funad.backbones.build_model)."""
+    """Our weights for cfg as a timm state dict without the classifier (backbone.build_model)."""
     return build_model(cfg).state_dict()
 
 

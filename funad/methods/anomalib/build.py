@@ -11,7 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import timm
 
-from funad.backbones import BackboneConfig, feature_dim, is_vit, resolved_mean_std
+from funad.features.backbone import BackboneConfig, feature_dim, is_vit, resolved_mean_std
 from funad.methods.anomalib.backbone import (
     WeightsSource,
     check_cnn,

@@ -172,7 +172,7 @@ class AnomalibMethod(Method):
         return float(effective_epochs(cls.anomalib_model, settings))
 
     def fit(self, train: Any, ctx: FitContext) -> None:
-        from funad.backbones import BackboneError
+        from funad.features import BackboneError
         from funad.methods.anomalib import build, runner
 
         model, s = self.anomalib_model, self.settings
