@@ -144,6 +144,10 @@ def load_crop(record: Any, bcfg: Any) -> np.ndarray:
     return np.ascontiguousarray(_load_crop(record, bcfg), dtype=np.uint8)
 
 
+def _labels(records: list[Any]) -> np.ndarray:
+    return np.asarray([r.label for r in records], dtype=np.int8)
+
+
 def pick_examples(scores: np.ndarray, labels: np.ndarray, n: int) -> list[tuple[int, str]]:
     """(index, pick) for the report gallery: best / median / worst by score, n each, no repeats.
 
@@ -192,19 +196,29 @@ def run_cell(
     bcfg = cfg.backbone
     cache = Path(feature_cache)
 
+    cls = method_class(cfg.method)
     t0 = time.perf_counter()
-    # both splits read the category's one pack (the features stage builds it from the same records)
-    train = features.extract_features(split.train, bcfg, cache, within=records, device=device, progress=False)
-    test = features.extract_features(split.test, bcfg, cache, within=records, device=device, progress=False)
-    # extract_features takes labels from the records: the pool's mark the injected images (diagnostics
-    # only), the test labels are the truth.
     masks = features.load_masks(split.test, bcfg) if pixel_level else None
-    test.masks = masks
-    for part, what in ((train, "training pool"), (test, "test set")):
-        part.check_finite(what)  # NaN/inf features name their images here, not as NaN scores later
+    if cls.input_kind == "images":
+        # the same split as every other method of the cell, as the protocol's crops (no backbone here)
+        from funad.imageset import ImageSet
+
+        train: Any = ImageSet(split.train, bcfg, _labels(split.train))
+        test: Any = ImageSet(split.test, bcfg, _labels(split.test), masks)
+    else:
+        # both splits read the category's one pack (the features stage builds it from the same records)
+        train = features.extract_features(split.train, bcfg, cache, within=records, device=device,
+                                          progress=False)
+        test = features.extract_features(split.test, bcfg, cache, within=records, device=device,
+                                         progress=False)
+        test.masks = masks
+        for part, what in ((train, "training pool"), (test, "test set")):
+            part.check_finite(what)  # NaN/inf features name their images here, not as NaN scores later
+    # the labels come from the records: the pool's mark the injected images (diagnostics only), the test
+    # labels are the truth
     feature_s = time.perf_counter() - t0
 
-    method = method_class(cfg.method)(settings=cfg.settings)
+    method = cls(settings=cfg.settings)
     params = cfg.settings.model_dump(mode="json")
 
     def evaluate(m: Any) -> dict[str, float]:

@@ -72,11 +72,13 @@ class MethodPoint:
 
 class FeatureJob(NamedTuple):
     """One (dataset, category, backbone) whose features every cell of it shares: one task of the
-    features stage (harness.features_stage)."""
+    features stage (harness.features_stage). extract: False when only image methods use it (they read
+    the images themselves; the stage still decodes every image and mask)."""
 
     dataset: dict[str, Any]
     category: str
     backbone: BackboneConfig
+    extract: bool = True
 
     @property
     def label(self) -> str:
@@ -263,10 +265,14 @@ def expand_cells(spec: SweepSpec, *, data_cache: Path | None = None) -> list[Cel
 
 
 def feature_jobs(cells: Iterable[Cell]) -> list[FeatureJob]:
-    """Unique (dataset, category, backbone) of the cells, in first-seen order."""
+    """Unique (dataset, category, backbone) of the cells, in first-seen order; a job extracts features
+    when a feature method's cell needs them."""
     jobs: dict[str, FeatureJob] = {}
     for cell in cells:
         cfg = cell.config
         key = canonical_json([cfg.dataset, cfg.category, backbone_json(cfg.backbone)])
-        jobs.setdefault(key, FeatureJob(dict(cfg.dataset), cfg.category, cfg.backbone))
+        features = method_class(cfg.method).input_kind == "features"
+        job = jobs.setdefault(key, FeatureJob(dict(cfg.dataset), cfg.category, cfg.backbone, features))
+        if features and not job.extract:
+            jobs[key] = job._replace(extract=True)
     return list(jobs.values())

@@ -71,8 +71,10 @@ def extract_category(
     before = features.forward_count()
     bcfg = job.backbone
     # The backbone decodes the images it computes; check_files then decodes only the rest (cached
-    # entries) and every mask, so no image is decoded twice.
-    features.extract_features(records, bcfg, Path(cache_dir), device=device, progress=False)
+    # entries, or every image where only image methods read this category) and every mask, so no image
+    # is decoded twice.
+    if job.extract:
+        features.extract_features(records, bcfg, Path(cache_dir), device=device, progress=False)
     decoded = check_files(records)
     return {
         "task": job.label,

@@ -172,3 +172,36 @@ def raises_dataset_error(fn, *names: object) -> str:  # type: ignore[no-untyped-
     for n in names:
         assert str(n) in msg, f"{n!s} not in {msg!r}"
     return msg
+
+
+def run_cell_through_trial(tmp_path: Path, name: str, settings: dict[str, object]) -> object:
+    """One cell of method `name` through the harness's trial body (harness.trial.run_one: the code a Ray
+    trial runs) on a tiny MVTec tree with one injected image; checks the ok row (its diagnostics in the
+    run's schema, one injected image) and the cell's scores, history, maps and split files; returns the
+    row."""
+    import pandas as pd
+
+    from funad.methods import method_class
+    from harness.cells import expand_cells
+    from harness.spec import load_spec
+    from harness.store import RunStore
+    from harness.trial import TrialContext, run_one
+
+    cls = method_class(name)
+    spec = load_spec(write_tiny_spec(
+        tmp_path / "s.yaml", build_mvtec(tmp_path / "data", {"bottle": {"broken": 3}}, n_train=5),
+        methods={name: settings}, contamination={"ratios": [0.2]}))
+    methods = spec.concrete_methods()
+    run = tmp_path / "runs" / "t"
+    RunStore(run, methods=methods).write_spec(spec.resolved())
+    (cell,) = expand_cells(spec)
+    run_one(cell, TrialContext(run_name="t", run_dir=str(run), feature_cache=str(tmp_path / "f"),
+                               methods=methods), attempt=1)
+    row = pd.read_parquet(run / "results").iloc[0]
+    assert row["status"] == "ok" and row["method"] == name and row["n_injected"] == 1, row["error"]
+    for diag in cls.diagnostic_names:
+        assert f"diag_{diag}" in row.index
+    for folder in ("scores", "history", "maps"):
+        assert (run / folder / f"{cell.cell_id}.parquet").is_file()
+    assert (run / "splits" / f"{cell.cell_id}.csv").is_file()
+    return row

@@ -92,8 +92,14 @@ def test_installed_models_are_the_packages_list() -> None:
 
 
 @pytest.mark.parametrize("model", [_param(m) for m in OFFLINE])
-def test_offline_model_meets_the_contract(model: str, one_thread: None) -> None:
-    check_method(method_name(model))
+def test_offline_model_meets_the_contract(model: str, tmp_path: Path, one_thread: None) -> None:
+    """The contract's checks at tiny shapes, and one cell through the harness's trial body."""
+    from conftest_data import run_cell_through_trial
+
+    name = method_name(model)
+    check_method(name)
+    row = run_cell_through_trial(tmp_path, name, dict(method_class(name).smoke_settings))
+    assert row["feature_s"] >= 0 and row["image_auroc"] is not None
 
 
 @pytest.mark.slow
@@ -368,3 +374,89 @@ def test_efficientad_with_a_local_teacher_and_penalty_images(tmp_path: Path, one
     assert all(torch.equal(v, saved[k]) for k, v in loaded.items())
     scores = method.score(tiny.test, _ctx())
     assert scores.image.shape == (8,) and np.isfinite(scores.image).all() and scores.maps.shape == (8, 24, 24)
+
+
+# ---- through the sweep: the family entry, validation before Ray, rows per model -------------------------
+def _family_spec(tmp_path: Path, anomalib: dict, **changes: object) -> Path:
+    import yaml
+
+    spec = {
+        "name": "anomalib",
+        "storage": str(tmp_path / "runs"),
+        "ray": {"dashboard": False, "num_cpus": 2},
+        "max_failures": 0,
+        "datasets": [{"kind": "synthetic", "categories": ["brick"]}],
+        "backbone": {"name": "tf_efficientnet_lite0", "weights": "bundled", "resize": 72, "crop": 64},
+        "contamination": {"ratios": [0.1]},
+        "seeds": [0],
+        "methods": {"anomalib": anomalib, "patchcore": {"coreset_ratio": 0.5}},
+        **changes,
+    }
+    path = tmp_path / "anomalib.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(("anomalib", "words"), [
+    ({"model": ["Padim", "Nope"]}, ["methods.anomalib.model: unknown anomalib model 'Nope'", "allowed:",
+                                     "Padim", "Stfpm"]),
+    ({"model": "Padim", "model_args": {"bogus": 1}}, ["model_args ['bogus'] are not arguments of Padim",
+                                                      "allowed: backbone, layers"]),
+    ({"model": "EfficientAd"}, ["EfficientAd needs its pretrained teacher", "set pretrained_dir"]),
+    ({"model": "Fastflow"}, ["needs pretrained timm 'resnet18' weights from the hub",
+                             "set weights to a local weights file"]),
+    ({"model": "WinClip"}, ["cannot run in this benchmark"]),
+    ({"epochs": 3}, ["methods.anomalib.model: name the model(s)"]),
+])
+def test_refusals_stop_the_sweep_before_ray(tmp_path: Path, capsys, anomalib: dict, words: list[str]) -> None:
+    """Each refusal is one message naming the file and the setting, with exit 2, before Ray starts."""
+    from harness.sweep import main
+    from rundir import EXIT_USAGE
+
+    path = _family_spec(tmp_path, anomalib)
+    assert main([str(path), "--dry-run"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: methods.anomalib"), err
+    for w in words:
+        assert w in err, err
+
+
+def test_the_family_names_each_model_and_spreads_the_settings(tmp_path: Path) -> None:
+    """`anomalib: {model: [...], epochs: E}`: one method per model; epochs go to the trained ones only."""
+    from harness.cells import expand_cells
+    from harness.spec import load_spec
+
+    spec = load_spec(_family_spec(tmp_path, {"model": ["padim", "Stfpm"], "epochs": [2, 3]}))
+    assert list(spec.concrete_methods()) == ["anomalib.padim", "anomalib.stfpm", "patchcore"]
+    cells = expand_cells(spec)
+    by_method: dict[str, list] = {}
+    for c in cells:
+        by_method.setdefault(c.config.method, []).append(c)
+    assert len(by_method["anomalib.padim"]) == 1 and by_method["anomalib.padim"][0].hp == {}
+    assert sorted(c.hp["epochs"] for c in by_method["anomalib.stfpm"]) == [2, 3]
+
+
+@pytest.mark.slow
+def test_a_sweep_with_two_anomalib_models_next_to_patchcore(tmp_path: Path) -> None:
+    """The built-in data through `python -m harness.sweep`: every model its own method in the rows and the
+    report, all on the same split, nothing of anomalib's left in the working directory."""
+    import pandas as pd
+    from conftest_data import sweep_env
+
+    path = _family_spec(tmp_path, {"model": ["Padim", "Stfpm"], "epochs": 2})
+    work = tmp_path / "cwd"
+    work.mkdir()
+    res = subprocess.run([sys.executable, "-m", "harness.sweep", str(path), "-q"], cwd=work,
+                         env=sweep_env(pythonpath=ROOT), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run = tmp_path / "runs" / "anomalib"
+    rows = pd.read_parquet(run / "results")
+    assert sorted(rows["method"]) == ["anomalib.padim", "anomalib.stfpm", "patchcore"]
+    assert (rows["status"] == "ok").all() and rows["image_auroc"].notna().all()
+    assert rows["pixel_auroc"].notna().all()  # maps at the protocol's size, scored against the masks
+    splits = {(run / "splits" / f"{cid}.csv").read_bytes() for cid in rows["cell_id"]}
+    assert len(splits) == 1  # the same training pool and test set for every method of the cell
+    assert "features: 1 extraction task" in res.stdout  # patchcore's features; anomalib reads images
+    assert list(work.iterdir()) == []  # no lightning_logs, checkpoints or caches in the working directory
+    html = (run / "report.html").read_text()
+    assert "anomalib.padim" in html and "anomalib.stfpm" in html

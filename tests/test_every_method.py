@@ -65,29 +65,6 @@ def test_the_checks_hold_under_python_O() -> None:
 def test_method_runs_a_cell_through_the_harness(name: str, tmp_path, one_thread: None) -> None:
     """One cell per method through the harness's trial body (the same code a Ray trial runs): an ok row
     with its diagnostics in the run's schema, its scores, history and split files."""
-    import pandas as pd
-    from conftest_data import build_mvtec, write_tiny_spec
+    from conftest_data import run_cell_through_trial
 
-    from funad.methods import method_class
-    from harness.cells import expand_cells
-    from harness.spec import load_spec
-    from harness.store import RunStore
-    from harness.trial import TrialContext, run_one
-
-    cls = method_class(name)
-    spec = load_spec(write_tiny_spec(
-        tmp_path / "s.yaml", build_mvtec(tmp_path / "data", {"bottle": {"broken": 3}}, n_train=5),
-        methods={name: dict(cls.smoke_settings)}, contamination={"ratios": [0.2]}))
-    methods = spec.resolved()["methods"]
-    run = tmp_path / "runs" / "t"
-    RunStore(run, methods=methods).write_spec(spec.resolved())
-    (cell,) = expand_cells(spec)
-    run_one(cell, TrialContext(run_name="t", run_dir=str(run), feature_cache=str(tmp_path / "f"),
-                               methods=methods), attempt=1)
-    row = pd.read_parquet(run / "results").iloc[0]
-    assert row["status"] == "ok" and row["method"] == name and row["n_injected"] == 1
-    for diag in cls.diagnostic_names:
-        assert f"diag_{diag}" in row.index
-    for folder in ("scores", "history", "maps"):
-        assert (run / folder / f"{cell.cell_id}.parquet").is_file()
-    assert (run / "splits" / f"{cell.cell_id}.csv").is_file()
+    run_cell_through_trial(tmp_path, name, dict(method_class(name).smoke_settings))

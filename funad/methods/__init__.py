@@ -63,10 +63,12 @@ def _load_builtin() -> None:
     from funad.methods import patchcore as _patchcore  # noqa: F401
     from funad.methods import softpatch as _softpatch  # noqa: F401
 
-    # anomalib's image models, when the `anomalib` extra is installed (listed without importing anomalib)
-    from funad.methods.anomalib import register_installed
+    # anomalib's image models, when the `anomalib` extra is installed (listed without importing anomalib);
+    # the family entry `anomalib: {model: [...]}` exists either way (without the extra it says how to get it)
+    from funad.methods.anomalib import FAMILY, expand_family, register_installed
 
     register_installed()
+    register_family(FAMILY, expand_family)
 
 
 def _load() -> None:

@@ -14,7 +14,9 @@ docs/methods.md ("anomalib's models") has the table of models, their needs and b
 
 from __future__ import annotations
 
-from funad.methods.anomalib.catalogue import FACTS, AnomalibError, Facts, installed_models
+from typing import Any
+
+from funad.methods.anomalib.catalogue import FACTS, AnomalibError, Facts, facts, installed_models
 from funad.methods.anomalib.method import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -23,6 +25,42 @@ from funad.methods.anomalib.method import (
     AnomalibSettings,
     method_name,
 )
+
+#: the sweep file's entry for anomalib's models: `anomalib: {model: [Padim, Stfpm], epochs: 10, ...}`
+FAMILY = "anomalib"
+#: how to get the models
+EXTRA_HINT = "pip install 'funad-bench[anomalib]' (anomalib>=2.7,<2.8)"
+
+
+def expand_family(settings: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The family entry -> one (method name, settings) per listed model, in the order given.
+
+    `model` names anomalib's classes (case-insensitive: `Padim`, `padim`); the other settings go to
+    every member, except `epochs` for a model that does not train (one pass: the setting is for the
+    trained members of the list). FamilyError (key "model") names what is wrong and what is allowed."""
+    from funad.methods import FamilyError
+
+    installed = installed_models()
+    if not installed:
+        raise FamilyError("model", f"anomalib's models need the optional extra: {EXTRA_HINT}")
+    given = settings.pop("model", None)
+    if given is None:
+        raise FamilyError("model", f"name the model(s) (allowed: {', '.join(installed)})")
+    models = given if isinstance(given, list) else [given]
+    by_lower = {m.lower(): m for m in installed}
+    out: list[tuple[str, dict[str, Any]]] = []
+    for m in models:
+        model = by_lower.get(str(m).lower())
+        if model is None:
+            raise FamilyError("model", f"unknown anomalib model {m!r} (allowed: {', '.join(installed)})")
+        name = method_name(model)
+        if any(name == n for n, _ in out):
+            raise FamilyError("model", f"{model} is listed twice (allowed: each model once)")
+        member = dict(settings)
+        if not facts(model).trains:
+            member.pop("epochs", None)
+        out.append((name, member))
+    return out
 
 
 def register_installed() -> list[str]:
@@ -42,7 +80,10 @@ __all__ = [
     "AnomalibError",
     "AnomalibMethod",
     "AnomalibSettings",
+    "EXTRA_HINT",
+    "FAMILY",
     "Facts",
+    "expand_family",
     "installed_models",
     "method_name",
     "register_installed",
