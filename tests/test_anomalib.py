@@ -460,3 +460,15 @@ def test_a_sweep_with_two_anomalib_models_next_to_patchcore(tmp_path: Path) -> N
     assert list(work.iterdir()) == []  # no lightning_logs, checkpoints or caches in the working directory
     html = (run / "report.html").read_text()
     assert "anomalib.padim" in html and "anomalib.stfpm" in html
+
+
+def test_border_context_is_refused_next_to_image_methods(tmp_path: Path) -> None:
+    """border_context only changes how our features are extracted; anomalib's models read the crops."""
+    from harness.spec import SpecError, load_spec
+
+    path = _family_spec(tmp_path, {"model": "Padim"}, backbone={"name": "tf_efficientnet_lite0",
+                                                                "border_context": True})
+    with pytest.raises(SpecError) as exc:
+        load_spec(path)
+    assert any("border_context: true changes the features of the feature methods only; anomalib.padim"
+               in p for p in exc.value.problems), exc.value.problems

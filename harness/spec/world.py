@@ -159,6 +159,17 @@ def _check_points(
     return seen, points
 
 
+def check_input_kinds(spec: SweepSpec, src: str) -> list[str]:
+    """Image methods read the protocol's crops themselves: a backbone setting that only changes how our
+    features are extracted (border_context) would silently not apply to them."""
+    images = [m for m in spec.concrete_methods() if method_class(m).input_kind == "images"]
+    if images and spec.backbone.border_context:
+        return [f"{src}: backbone.border_context: true changes the features of the feature methods only; "
+                f"{', '.join(images)} read the protocol's crops themselves (allowed: border_context: false, "
+                "or these methods in a sweep of their own)"]
+    return []
+
+
 def check_contamination(spec: SweepSpec, src: str) -> list[str]:
     """Training lists against the datasets (every list of the grid: each problem names the list and
     its line), and a dataset's own noisy split (anomalous training records, e.g. a Real-IAD FUIAD JSON)
