@@ -164,7 +164,11 @@ def facts(model: str) -> Facts:
 def model_class(model: str) -> type:
     """The anomalib class (imports anomalib: seconds)."""
     facts(model)
-    import anomalib.models.image as image_models
+    import warnings
+
+    with warnings.catch_warnings():  # its own deprecations (timm.models.layers, its dinov2 copy): not ours
+        warnings.simplefilter("ignore", FutureWarning)
+        import anomalib.models.image as image_models
 
     return getattr(image_models, model)
 
