@@ -18,7 +18,13 @@ from pydantic import ValidationError
 from harness.spec.errors import SpecError, pydantic_problems
 from harness.spec.models import DatasetSpec, SweepSpec
 from harness.spec.overrides import apply_override, expand_env
-from harness.spec.world import check_backbone, check_contamination, check_dataset, check_method
+from harness.spec.world import (
+    check_backbone,
+    check_contamination,
+    check_dataset,
+    check_method,
+    check_split_needs,
+)
 from harness.spec.yaml_safe import read_yaml
 
 __all__ = ["DatasetSpec", "SpecError", "SweepSpec", "apply_override", "load_spec"]
@@ -78,6 +84,8 @@ def load_spec(
             problems += found
             points.update(members)
 
+    if spec is not None:
+        problems += check_split_needs(spec, points, src)
     if spec is not None and check_data and not problems:
         problems += check_contamination(spec, src)
 
