@@ -365,8 +365,15 @@ def test_settings_defaults_and_validation() -> None:
         "chunk_images": 64,
         "knn_backend": "auto",
         "max_memory": None,
+        "reference_quirks": False,
+        "swapped_filing": False,
+        "nearest_upsampling": False,
+        "strict_trim": False,
+        "keep_duplicates": False,
     }
     for bad in (
+        {"reference_quirks": True, "seed_order": "random"},
+        {"reference_quirks": True, "strict_trim": False},
         {"assoc_depth": 0},
         {"aggregation_kernel": 2},
         {"max_channel_std": 0.0},
