@@ -72,6 +72,13 @@ def _cpu_threads(n: int | None, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def released_start_points(n: int, count: int, seed: int) -> torch.Tensor:
+    """The released greedy's starting points: min(count, n) distinct indices below n, seeded (the
+    released code draws them from numpy's global state; ours from the seed, like the first point)."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed) + _FIRST_POINT_SEED_OFFSET)
+    return torch.randperm(n, generator=gen)[: min(count, n)]
+
+
 def coreset_size(n: int, ratio: float, truncate: bool = False) -> int:
     """Number of points the coreset keeps: round(ratio * n) (`truncate`: int(ratio * n), as the released
     code does), at least 1 and at most n."""
@@ -112,8 +119,8 @@ def greedy_coreset(
         raise ValueError(f"greedy_coreset: n_select={n_select} outside [1, {n}]")
     with torch.no_grad(), _cpu_threads(GREEDY_CPU_THREADS, features.device):
         x = project(features, projection, seed)
-        gen = torch.Generator(device="cpu").manual_seed(int(seed) + _FIRST_POINT_SEED_OFFSET)
         if start_points <= 0:
+            gen = torch.Generator(device="cpu").manual_seed(int(seed) + _FIRST_POINT_SEED_OFFSET)
             first = int(torch.randint(n, (1,), generator=gen).item())
         sq = (x * x).sum(1)
         # on a GPU the picks stay on the device: no host sync per pick (one per fit, at the end)
@@ -122,7 +129,7 @@ def greedy_coreset(
         # squared distance of every point to its nearest selected point; selected points get -1
         mind = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
         if start_points > 0:
-            starts = torch.randperm(n, generator=gen)[: min(start_points, n)].to(x.device)
+            starts = released_start_points(n, start_points, seed).to(x.device)
             d2 = sq[:, None] + sq[starts][None, :] - 2.0 * (x @ x[starts].T)
             mean = d2.clamp_(min=0.0).sqrt_().mean(1)
             first = int(torch.argmax(mean).item())

@@ -52,7 +52,7 @@ from funad.methods.patchcore import Candidates, PatchCore, PatchCoreSettings
 #: fixed shrinkage intensity of the Gaussian discriminator's covariance (see outliers.gaussian_scores)
 GAUSSIAN_SHRINKAGE = 0.1
 #: offset of the discriminator's projection seed from the coreset's when `projection_per_use`
-_LOF_PROJECTION_SEED_OFFSET = 104_723
+LOF_PROJECTION_SEED_OFFSET = 104_723
 
 
 class SoftPatchSettings(PatchCoreSettings):
@@ -97,6 +97,17 @@ def soft_weights(scores: torch.Tensor, method: str) -> torch.Tensor:
     return torch.where(med > 0, scores / safe, torch.ones_like(scores)).clamp(min=0.0)
 
 
+def removed_patches(weight: torch.Tensor, ratio: float, strict_quantile: bool = False) -> torch.Tensor:
+    """Flat indices of the patches the denoising removes, from their weights [M]: the top
+    floor(ratio * M) by weight (stable order; at least one patch stays), or with `strict_quantile` (the
+    released code) every patch whose weight is strictly above the (1 - ratio) quantile, ascending."""
+    if strict_quantile:
+        threshold = linear_quantile(weight, 1.0 - ratio)
+        return torch.nonzero(weight.double() > threshold, as_tuple=True)[0]
+    n_drop = min(int(np.floor(ratio * weight.numel())), weight.numel() - 1)
+    return torch.argsort(weight, descending=True, stable=True)[:n_drop]
+
+
 def linear_quantile(values: torch.Tensor, q: float) -> float:
     """The q-quantile of `values` with linear interpolation between order statistics (numpy's and
     torch's default), in float64: v[lo] + (pos - lo) * (v[lo + 1] - v[lo]), pos = q * (n - 1)."""
@@ -126,20 +137,6 @@ class SoftPatch(PatchCore):
         assert isinstance(self.settings, SoftPatchSettings)
         return self.settings
 
-    def _removed(self, weight: torch.Tensor, n_images: int) -> torch.Tensor:
-        """Flat indices of the patches the denoising removes: the top floor(denoise_ratio * total) by
-        weight (stable order; at least one patch stays), or with `strict_quantile` every patch whose
-        weight is strictly above the (1 - denoise_ratio) quantile. None with fewer than 2 images."""
-        cfg = self.scfg
-        total = weight.numel()
-        if n_images < 2:
-            return torch.zeros(0, dtype=torch.int64, device=weight.device)
-        if cfg.strict_quantile:
-            threshold = linear_quantile(weight, 1.0 - cfg.denoise_ratio)
-            return torch.nonzero(weight.double() > threshold, as_tuple=True)[0]
-        n_drop = min(int(np.floor(cfg.denoise_ratio * total)), total - 1)
-        return torch.argsort(weight, descending=True, stable=True)[:n_drop]
-
     def _candidates(self, feats: torch.Tensor, ctx: FitContext, train: FeatureSet) -> Candidates:
         """Drop the globally most outlying patches; the survivors' soft weights go with them (with
         `denoise_in_greedy` every patch stays a candidate and the removed ones are not pickable)."""
@@ -149,10 +146,13 @@ class SoftPatch(PatchCore):
         if n < 2:  # no other images to compare with: nothing is noise, every weight is 1
             weight = torch.ones(total, device=feats.device)
         else:
-            seed = ctx.seed + _LOF_PROJECTION_SEED_OFFSET if cfg.projection_per_use else ctx.seed
+            seed = ctx.seed + LOF_PROJECTION_SEED_OFFSET if cfg.projection_per_use else ctx.seed
             scores = position_scores(feats, cfg.noise_discriminator, cfg.lof_k, cfg.coreset_projection, seed)
             weight = soft_weights(scores, cfg.noise_discriminator).reshape(-1)
-        removed = self._removed(weight, n)
+        if n < 2:
+            removed = torch.zeros(0, dtype=torch.int64, device=weight.device)
+        else:
+            removed = removed_patches(weight, cfg.denoise_ratio, cfg.strict_quantile)
         n_drop = removed.numel()
         labels = np.asarray(train.labels)  # diagnostics only
         removed_img = (removed // (h * w)).cpu().numpy()
