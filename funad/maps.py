@@ -1,4 +1,4 @@
-"""Grid scores -> evaluation-size anomaly maps: bilinear upsampling, then a Gaussian blur.
+"""Grid scores -> evaluation-size anomaly maps: bilinear (or nearest) upsampling, then a Gaussian blur.
 
 Shared by every method so that map post-processing never differs between rivals.
 """
@@ -42,9 +42,31 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x[:, 0]
 
 
-def grid_to_maps(grid_scores: torch.Tensor | np.ndarray, size: int = 224, sigma: float = 4.0) -> np.ndarray:
-    """[N, h, w] patch scores -> [N, size, size] float32 maps (bilinear, align_corners=False, blur σ)."""
+def repeat_cells(g: torch.Tensor, size: int) -> torch.Tensor:
+    """[N, h, w] -> [N, size, size], each cell repeated over its stride x stride pixels (nearest
+    neighbour). A size that is not a multiple of the grid takes torch's nearest interpolation."""
+    h, w = g.shape[-2:]
+    if size % h == 0 and size % w == 0:
+        return g.repeat_interleave(size // h, dim=-2).repeat_interleave(size // w, dim=-1)
+    return F.interpolate(g[:, None], size=(size, size), mode="nearest")[:, 0]
+
+
+UPSAMPLING = ("bilinear", "nearest")
+
+
+def grid_to_maps(
+    grid_scores: torch.Tensor | np.ndarray, size: int = 224, sigma: float = 4.0, upsample: str = "bilinear"
+) -> np.ndarray:
+    """[N, h, w] patch scores -> [N, size, size] float32 maps, then a blur of σ pixels.
+
+    upsample: "bilinear" (align_corners=False; every method's default) or "nearest" (each cell repeated
+    over its stride, as InReaCh's released code does)."""
+    if upsample not in UPSAMPLING:
+        raise ValueError(f"grid_to_maps: unknown upsample {upsample!r}; use {' or '.join(UPSAMPLING)}")
     g = torch.as_tensor(np.asarray(grid_scores) if not isinstance(grid_scores, torch.Tensor) else grid_scores)
     g = g.detach().float()
-    up = F.interpolate(g[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    if upsample == "nearest":
+        up = repeat_cells(g, size)
+    else:
+        up = F.interpolate(g[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     return gaussian_blur(up, sigma).cpu().numpy().astype(np.float32)

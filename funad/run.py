@@ -22,7 +22,7 @@ import numpy as np
 
 from funad.data.contamination import SplitRule
 from funad.features import BackboneConfig
-from funad.methods.base import MethodSettings
+from funad.methods.base import MethodSettings, unmet_split_needs
 from rundir import METRIC_KEYS
 
 PICKS = ("best", "median", "worst")
@@ -51,6 +51,14 @@ class CellConfig:
     seed: int = 0
     eval_every: int = 0
     n_map_examples: int = 2
+
+    def __post_init__(self) -> None:
+        unmet = unmet_split_needs(self.settings, self.split)
+        if unmet:
+            need, got = unmet[0]
+            raise ValueError(
+                f"{self.method}: {need.because} needs the split's {need.field}={need.value!r}, got {got!r}"
+            )
 
     @classmethod
     def build(

@@ -32,9 +32,11 @@ if TYPE_CHECKING:
     from harness.spec import DatasetSpec, SweepSpec
 
 #: Defining values that were added after cell ids were first handed out, with their defaults (a
-#: dotted path names a field inside a nested value). A value at its default is left out of the
-#: hashed payload, so every cell defined before the field existed keeps its id; any other value
-#: joins the hash. A new defining field gets its entry here.
+#: dotted path names a field inside a nested value; a method setting is `settings.<method>.<name>`,
+#: since methods add settings of one name at different times). A value at its default is left out of
+#: the hashed payload, so every cell defined before the field existed keeps its id; any other value
+#: joins the hash. A new defining field gets its entry here (a method setting's default is its
+#: Settings' default, which tests/test_cells.py checks).
 HASH_DEFAULTS: dict[str, Any] = {
     "shortfall": SPLIT_DEFAULTS["shortfall"],
     "min_test_anomalies": None,
@@ -43,6 +45,14 @@ HASH_DEFAULTS: dict[str, Any] = {
     "ratio_of": SPLIT_DEFAULTS["ratio_of"],
     "pool_order": SPLIT_DEFAULTS["pool_order"],
     "split_list_sha256": None,
+    # the released code's settings of the rivals (issue 24)
+    **{f"settings.{m}.{name}": value for m in ("patchcore", "softpatch") for name, value in (
+        ("reference_quirks", False), ("squared_distance", False), ("aggregation", "mean"),
+        ("coreset_start", "random"), ("truncate_coreset", False))},
+    **{f"settings.softpatch.{name}": False
+       for name in ("projection_per_use", "denoise_in_greedy", "strict_quantile")},
+    **{f"settings.inreach.{name}": False for name in (
+        "reference_quirks", "swapped_filing", "nearest_upsampling", "strict_trim", "keep_duplicates")},
 }
 
 
@@ -96,12 +106,15 @@ def _is_default(value: Any, default: Any) -> bool:
 
 
 def drop_hash_defaults(values: Mapping[str, Any], scope: str = "") -> dict[str, Any]:
-    """`values` without the HASH_DEFAULTS fields that sit at their default (nested ones included)."""
+    """`values` without the HASH_DEFAULTS fields that sit at their default (nested ones included; the
+    method settings of a cell's values under `settings.<method>.`)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         path = f"{scope}{key}"
         if path in HASH_DEFAULTS and _is_default(value, HASH_DEFAULTS[path]):
             continue
+        if path == "settings" and "method" in values:
+            path = f"settings.{values['method']}"
         nested = isinstance(value, Mapping) and any(p.startswith(f"{path}.") for p in HASH_DEFAULTS)
         out[key] = drop_hash_defaults(value, f"{path}.") if nested else value
     return out

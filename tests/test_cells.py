@@ -74,9 +74,10 @@ def test_cell_id_from_the_typed_fields() -> None:
     from funad.methods import default_settings
 
     cfg = golden_config()
+    settings = {k: v for k, v in default_settings("patchcore").items() if k not in ADDED_LATER["patchcore"]}
     want = {
         "dataset": GOLDEN["dataset"], "category": "bottle", "method": "patchcore", "seed": 0,
-        "settings": {**default_settings("patchcore"), "coreset_ratio": 0.25, "map_sigma": 2.0},
+        "settings": {**settings, "coreset_ratio": 0.25, "map_sigma": 2.0},
         "backbone": {"name": "tf_efficientnet_lite0", "weights": "bundled", "resize": 256, "crop": 224,
                      "layers": None, "mean": None, "std": None, "seed": 0},
         "ratio": 0.1, "count": None, "overlap": False,
@@ -204,6 +205,17 @@ NON_DEFAULT = {"shortfall": "augment", "min_test_anomalies": 3, "backbone.border
                "split_list_sha256": "ab" * 32}
 
 
+#: method settings added after ids were handed out (issue 24), and a value other than the default of each
+ADDED_LATER: dict[str, dict[str, Any]] = {
+    "patchcore": {"reference_quirks": True, "squared_distance": True, "aggregation": "zero_pad",
+                  "coreset_start": "released", "truncate_coreset": True},
+    "inreach": {"reference_quirks": True, "swapped_filing": True, "nearest_upsampling": True,
+                "strict_trim": True, "keep_duplicates": True},
+}
+ADDED_LATER["softpatch"] = {**ADDED_LATER["patchcore"], "projection_per_use": True, "denoise_in_greedy": True,
+                            "strict_quantile": True}
+
+
 def _with(values: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     """`values` with the field at dotted `path` set (the cell id's keyword args, or inside one)."""
     head, _, rest = path.partition(".")
@@ -215,7 +227,43 @@ def _with(values: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 def test_hash_defaults_table_is_covered() -> None:
     from harness.cells import HASH_DEFAULTS
 
-    assert set(NON_DEFAULT) == set(HASH_DEFAULTS)
+    method_paths = {f"settings.{m}.{name}" for m, names in ADDED_LATER.items() for name in names}
+    assert set(NON_DEFAULT) | method_paths == set(HASH_DEFAULTS)
+
+
+@pytest.mark.parametrize(("method", "name"), [(m, n) for m, names in ADDED_LATER.items() for n in names])
+def test_method_settings_added_later_keep_the_ids(method: str, name: str) -> None:
+    """A method setting added later: its table default is the Settings' default; at it, the id is the hash
+    of the settings without it (the id the cell had before), any other value joins the hash."""
+    from harness.cells import HASH_DEFAULTS
+
+    settings_cls = method_class(method).Settings
+    assert _is_same(HASH_DEFAULTS[f"settings.{method}.{name}"], settings_cls.model_fields[name].default)
+
+    def ids(settings: dict[str, Any]) -> tuple[str, str]:
+        """(cell_id of a cell with these settings, sha256 of its payload without the added-later defaults)."""
+        filled = settings_cls(**settings)
+        split = {"ratio": 0.1, **{need.field: need.value for need in filled.split_needs()}}
+        cfg = CellConfig.build(dataset=GOLDEN["dataset"], category="bottle", backbone=GOLDEN["backbone"],
+                               method=method, settings=filled, split=split)
+        dump = filled.model_dump(mode="json")
+        payload = {"dataset": GOLDEN["dataset"], "category": "bottle", "method": method, "seed": 0,
+                   "backbone": {"name": "tf_efficientnet_lite0", "weights": "bundled", "resize": 256,
+                                "crop": 224, "layers": None, "mean": None, "std": None, "seed": 0},
+                   "count": None, "overlap": False, **split,
+                   "settings": {k: v for k, v in dump.items()
+                                if k not in ADDED_LATER[method] or v != settings_cls.model_fields[k].default}}
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return cell_id(cfg), hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    plain_id, plain_want = ids({})
+    assert plain_id == plain_want
+    changed_id, changed_want = ids({name: ADDED_LATER[method][name]})
+    assert changed_id == changed_want != plain_id
+
+
+def _is_same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
 
 
 @pytest.mark.parametrize("path", sorted(NON_DEFAULT))

@@ -365,8 +365,15 @@ def test_settings_defaults_and_validation() -> None:
         "chunk_images": 64,
         "knn_backend": "auto",
         "max_memory": None,
+        "reference_quirks": False,
+        "swapped_filing": False,
+        "nearest_upsampling": False,
+        "strict_trim": False,
+        "keep_duplicates": False,
     }
     for bad in (
+        {"reference_quirks": True, "seed_order": "random"},
+        {"reference_quirks": True, "strict_trim": False},
         {"assoc_depth": 0},
         {"aggregation_kernel": 2},
         {"max_channel_std": 0.0},
@@ -548,3 +555,144 @@ def test_bench_keys_reach_the_make_bench_json(capsys: pytest.CaptureFixture[str]
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert all(isinstance(res[k], float) and res[k] > 0 for k in KEYS)
     assert res["inreach_shapes"]["pool"] == 12  # the --tiny shapes
+
+
+# ----------------------------------------------------------------------------- the released code's departures
+def brute_released_memory(
+    x: np.ndarray, k: int, min_len: int, tau: float, *, swapped: bool, strict: bool, duplicates: bool
+) -> list[tuple[int, int]]:
+    """The memory as a sorted list of (position, patch), from the description of the released code:
+    a link (c, q) -> (s, m) files member (c, m) under the channel rooted at (s, q) when `swapped`
+    (else member (c, q) under (s, m)); the trim keeps r < tau * sigma when `strict` (else <=); every
+    kept entry is a memory row when `duplicates` (else each patch once)."""
+    n, p, _ = x.shape
+    a = brute_association(x, k)
+    chans: dict[tuple[int, int], list[tuple[int, int]]] = {
+        (s, m): [(s, m)] for s in range(min(k, n)) for m in range(p)
+    }
+    for c in range(n):
+        for q in range(p):
+            if a["mutual"][c, q]:
+                s, m = int(a["seed"][c, q]), int(a["patch"][c, q])
+                if swapped:
+                    chans[(s, q)].append((c, m))
+                else:
+                    chans[(s, m)].append((c, q))
+    memory: list[tuple[int, int]] = []
+    for mem in chans.values():
+        if len(mem) <= min_len:
+            continue
+        f = np.array([x[c, q] for c, q in mem])
+        r = np.linalg.norm(f - f.mean(0), axis=1)
+        bound = tau * r.std()
+        mem2 = [e for e, rr in zip(mem, r, strict=True) if (rr < bound if strict else rr <= bound)]
+        if len(mem2) > min_len:
+            memory += mem2
+    return sorted(memory) if duplicates else sorted(set(memory))
+
+
+def shuffled(n: int, p: int, d: int, noise: float, seed: int) -> np.ndarray:
+    """[n, p, d] float16-exact: every image holds the same p prototypes at its own permutation of the
+    cells (a texture), so links join different cells and the two filings differ."""
+    rng = np.random.default_rng(seed)
+    protos = 3.0 * rng.standard_normal((p, d))
+    x = np.stack([protos[rng.permutation(p)] for _ in range(n)]) + noise * rng.standard_normal((n, p, d))
+    return x.astype(np.float16).astype(np.float64)
+
+
+def memory_list(m: InReaCh, p: int) -> list[tuple[int, int]]:
+    """The memory rows as a sorted list of (position in association order, patch), duplicates kept."""
+    assert m.memory_index is not None and m.order is not None
+    pos_of = {int(v): i for i, v in enumerate(m.order.tolist())}
+    return sorted((pos_of[int(f) // p], int(f) % p) for f in m.memory_index.tolist())
+
+
+@pytest.mark.parametrize("swapped", [False, True])
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("duplicates", [False, True])
+@pytest.mark.parametrize(("min_len", "tau"), [(1, 5.0), (1, 1.2), (3, 1.6)])
+def test_released_filing_trim_and_duplicates_equal_brute_force(
+    swapped: bool, strict: bool, duplicates: bool, min_len: int, tau: float
+) -> None:
+    n, p, d, k = 12, 9, 3, 3
+    x = shuffled(n, p, d, 0.4, 31)
+    settings = {"assoc_depth": k, "min_channel_length": min_len, "max_channel_std": tau,
+                "swapped_filing": swapped, "strict_trim": strict, "keep_duplicates": duplicates}
+    models = [fit(x, chunk_images=c, **settings) for c in (1, 5, 64)]
+    want = brute_released_memory(x[models[0].order.numpy()], k, min_len, tau,
+                                 swapped=swapped, strict=strict, duplicates=duplicates)
+    assert want, "the case must keep some memory"
+    for m in models:
+        assert memory_list(m, p) == want
+        assert m.diagnostics["memory_size"] == len(want)
+        rows = x.reshape(-1, d)[m.memory_index.numpy()] - x.reshape(-1, d).mean(0)
+        np.testing.assert_allclose(m.memory.numpy(), rows, atol=1e-5)
+
+
+def test_the_released_cases_bite() -> None:
+    """Guards the brute-force case above: on it the two filings differ, duplicates occur, and the
+    strict trim removes what the <= trim keeps."""
+    n, p, k = 12, 9, 3
+    x = shuffled(n, p, 3, 0.4, 31)
+
+    def want(**kw: bool) -> list[tuple[int, int]]:
+        flags = {"swapped": False, "strict": False, "duplicates": False} | kw
+        return brute_released_memory(x, k, 1, 5.0, **flags)
+
+    assert want() != want(swapped=True)
+    assert len(want(duplicates=True)) > len(want()) and len(want(swapped=True, duplicates=True)) > len(
+        want(swapped=True)
+    )
+    # identical members (sigma = 0): a channel of copies is kept by <=, trimmed whole by <
+    copies = np.repeat(x[:1], n, axis=0)
+    assert brute_released_memory(copies, k, 1, 5.0, swapped=False, strict=False, duplicates=False)
+    assert not brute_released_memory(copies, k, 1, 5.0, swapped=False, strict=True, duplicates=False)
+
+
+def test_strict_trim_on_a_hand_made_channel() -> None:
+    # mean 0, radii 1 1 3 3: sigma 1, the far pair exactly on the bound 3 * sigma
+    x = torch.tensor([-1.0, 1.0, -3.0, 3.0])[:, None]
+    rows, chan = torch.arange(4), torch.zeros(4, dtype=torch.int64)
+    near = [True, True, False, False]
+    assert spread_keep(x, rows, chan, rule="reference", tau=3.0, strict=True).tolist() == near
+    assert spread_keep(x, rows, chan, rule="reference", tau=3.001, strict=True).tolist() == [True] * 4
+    assert spread_keep(x, rows, chan, rule="mean_plus", tau=1.0, strict=True).tolist() == near
+    same = torch.full((5, 1), 0.3)
+    kept = spread_keep(same, torch.arange(5), torch.zeros(5, dtype=torch.int64), rule="reference", tau=5.0,
+                       strict=True)
+    assert kept.tolist() == [False] * 5  # sigma = 0: r = 0 is not < 0
+
+
+def test_nearest_upsampling_maps_repeat_the_cells_before_the_blur() -> None:
+    from funad.maps import gaussian_blur
+
+    x = structured(20, 16, 4, 0.5, 17)
+    test = structured(3, 16, 4, 0.9, 18)
+    m = fit(x, assoc_depth=4, nearest_upsampling=True)
+    grid = m.patch_scores(torch.tensor(test.reshape(3, 4, 4, 4), dtype=torch.float32))
+    s = m.score(fs_of(test), FitContext(seed=0, map_size=48))
+    up = torch.zeros(3, 48, 48)
+    for i in range(48):
+        for j in range(48):
+            up[:, i, j] = grid[:, i // 12, j // 12]  # stride 48 / 4 = 12 pixels
+    maps = gaussian_blur(up, 13.0 * 48 / SIGMA_MAP_SIZE).numpy()
+    np.testing.assert_array_equal(s.maps, maps)
+    np.testing.assert_array_equal(s.image, maps.reshape(3, -1).max(1))
+    assert not np.array_equal(s.maps, fit(x, assoc_depth=4).score(fs_of(test), FitContext(map_size=48)).maps)
+
+
+def test_reference_quirks_sets_the_released_code_and_needs_the_appended_pool() -> None:
+    from funad.data.contamination import SplitRule
+    from funad.run import CellConfig
+
+    q = InReaChSettings(reference_quirks=True)
+    assert (q.swapped_filing, q.nearest_upsampling, q.strict_trim, q.keep_duplicates, q.seed_order) == (
+        True, True, True, True, "pool")
+    assert [(n.field, n.value) for n in q.split_needs()] == [("pool_order", "appended")]
+    assert InReaChSettings(seed_order="pool").split_needs() == ()
+    base = {"dataset": {"kind": "synthetic"}, "category": "brick", "backbone": {}, "method": "inreach",
+            "settings": {"reference_quirks": True}}
+    with pytest.raises(ValueError, match="reference_quirks needs the split's pool_order='appended'"):
+        CellConfig.build(**base, split={"ratio": 0.1})
+    cfg = CellConfig.build(**base, split={"ratio": 0.1, "pool_order": "appended"})
+    assert cfg.split == SplitRule(ratio=0.1, pool_order="appended")

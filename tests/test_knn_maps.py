@@ -44,3 +44,18 @@ def test_grid_to_maps_shape_and_constant() -> None:
     maps = grid_to_maps(np.full((3, 7, 7), 0.25), size=56, sigma=4.0)
     assert maps.shape == (3, 56, 56) and maps.dtype == np.float32
     np.testing.assert_allclose(maps, 0.25, atol=1e-6)
+
+
+@pytest.mark.parametrize(("h", "size"), [(4, 32), (7, 56), (3, 7)])
+def test_nearest_upsampling_repeats_each_cell_over_its_stride(h: int, size: int) -> None:
+    rng = np.random.default_rng(h)
+    g = rng.random((2, h, h)).astype(np.float32)
+    up = np.zeros((2, size, size), np.float32)
+    for i in range(size):
+        for j in range(size):
+            up[:, i, j] = g[:, i * h // size, j * h // size]  # stride size / h (nearest cell otherwise)
+    np.testing.assert_array_equal(grid_to_maps(g, size=size, sigma=0.0, upsample="nearest"), up)
+    blurred = gaussian_blur(torch.from_numpy(up), 1.5).numpy()
+    np.testing.assert_array_equal(grid_to_maps(g, size=size, sigma=1.5, upsample="nearest"), blurred)
+    with pytest.raises(ValueError, match="unknown upsample"):
+        grid_to_maps(g, size=size, upsample="bicubic")

@@ -9,10 +9,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from funad.features import FeatureSet
 
@@ -21,10 +21,61 @@ from funad.features import FeatureSet
 INPUT_KINDS: tuple[str, ...] = ("features", "images")
 
 
+class SplitNeed(NamedTuple):
+    """A contamination setting that some method settings only mean something with: `field` of the
+    split rule (funad.data.contamination.SplitRule) must be `value`, `because` names the setting."""
+
+    field: str
+    value: Any
+    because: str
+
+
 class MethodSettings(BaseModel):
     """Base of every method's settings: unknown keys are errors, values are validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def split_needs(self) -> tuple[SplitNeed, ...]:
+        """The contamination settings these settings need (checked by the sweep's validation and by
+        funad.run.CellConfig); none by default."""
+        return ()
+
+
+def unmet_split_needs(settings: MethodSettings, split: Any) -> list[tuple[SplitNeed, Any]]:
+    """(need, the value `split` has) for each split need of `settings` that `split` does not meet;
+    `split` is anything with the split rule's fields as attributes (a SplitRule, the sweep file's
+    contamination section)."""
+    got = [(need, getattr(split, need.field)) for need in settings.split_needs()]
+    return [(need, value) for need, value in got if value != need.value]
+
+
+class ReleasedSettings(MethodSettings):
+    """Settings of a method whose authors' released code departs from its paper.
+
+    The defaults follow the paper; each departure of the released code is a named setting, and
+    `RELEASED` maps it to the value the released code runs with. `reference_quirks: true` sets every
+    one of them to that value; an explicit other value for one of them contradicts it and is an
+    error (not silently overridden).
+    """
+
+    #: setting -> the released code's value (what reference_quirks sets)
+    RELEASED: ClassVar[dict[str, Any]] = {}
+
+    reference_quirks: bool = Field(False, description="run every setting as the authors' released code does")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_reference_quirks(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("reference_quirks"):
+            data = dict(data)
+            for name, released in cls.RELEASED.items():
+                if name in data and data[name] != released:
+                    raise ValueError(
+                        f"reference_quirks=True contradicts {name}={data[name]!r} "
+                        f"(the released code runs {name}={released!r})"
+                    )
+                data[name] = released
+        return data
 
 
 @dataclass

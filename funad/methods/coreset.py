@@ -27,6 +27,9 @@ GREEDY_CPU_THREADS: int | None = 1
 
 #: offset between the projection's seed and the first-point seed, so the two draws are independent
 _FIRST_POINT_SEED_OFFSET = 7919
+#: random starting points of the released approximate greedy (`start_points`): its first pick is the point
+#: farthest on average from these
+RELEASED_START_POINTS = 10
 
 
 def random_projection_matrix(
@@ -69,11 +72,20 @@ def _cpu_threads(n: int | None, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def coreset_size(n: int, ratio: float) -> int:
-    """Number of points the coreset keeps: round(ratio * n), at least 1 and at most n."""
+def released_start_points(n: int, count: int, seed: int) -> torch.Tensor:
+    """The released greedy's starting points: min(count, n) distinct indices below n, seeded (the
+    released code draws them from numpy's global state; ours from the seed, like the first point)."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed) + _FIRST_POINT_SEED_OFFSET)
+    return torch.randperm(n, generator=gen)[: min(count, n)]
+
+
+def coreset_size(n: int, ratio: float, truncate: bool = False) -> int:
+    """Number of points the coreset keeps: round(ratio * n) (`truncate`: int(ratio * n), as the released
+    code does), at least 1 and at most n."""
     if n <= 0:
         raise ValueError("coreset of an empty set")
-    return int(min(n, max(1, round(ratio * n))))
+    size = int(ratio * n) if truncate else round(ratio * n)
+    return int(min(n, max(1, size)))
 
 
 def greedy_coreset(
@@ -82,13 +94,21 @@ def greedy_coreset(
     *,
     projection: int = 128,
     seed: int = 0,
+    start_points: int = 0,
+    pickable: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indices [n_select] (int64, selection order) chosen by greedy k-center selection.
 
     features:   [N, C] float tensor (float32 or float64; computed in that dtype on its device).
     projection: JL projection width for the approximate greedy; 0 (or >= C) = exact greedy on the
                 original features.
-    seed:       seeds the projection and the random first point.
+    seed:       seeds the projection and the random first point (or the starting points).
+    start_points: 0 = the first pick is a random point; s > 0 = the released approximate greedy: every
+                point starts at its mean Euclidean distance to s random points (drawn without
+                replacement, not picked themselves), so the first pick is the farthest from them on average.
+    pickable:   [N] bool or None: a point marked False has its distance to every pick set to zero (the
+                released SoftPatch multiplies it by a 0/1 weight), so it is picked only first or when
+                every remaining distance is zero.
     Points already selected are never re-selected, even when duplicates make every remaining
     distance zero (the lowest unselected index is then taken, as argmax returns the first maximum).
     """
@@ -99,18 +119,28 @@ def greedy_coreset(
         raise ValueError(f"greedy_coreset: n_select={n_select} outside [1, {n}]")
     with torch.no_grad(), _cpu_threads(GREEDY_CPU_THREADS, features.device):
         x = project(features, projection, seed)
-        gen = torch.Generator(device="cpu").manual_seed(int(seed) + _FIRST_POINT_SEED_OFFSET)
-        first = int(torch.randint(n, (1,), generator=gen).item())
+        if start_points <= 0:
+            gen = torch.Generator(device="cpu").manual_seed(int(seed) + _FIRST_POINT_SEED_OFFSET)
+            first = int(torch.randint(n, (1,), generator=gen).item())
         sq = (x * x).sum(1)
         # on a GPU the picks stay on the device: no host sync per pick (one per fit, at the end)
         on_device = x.device.type != "cpu"
         selected = torch.empty(n_select, dtype=torch.int64, device=x.device)
-        selected[0] = first
         # squared distance of every point to its nearest selected point; selected points get -1
         mind = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
+        if start_points > 0:
+            starts = released_start_points(n, start_points, seed).to(x.device)
+            d2 = sq[:, None] + sq[starts][None, :] - 2.0 * (x @ x[starts].T)
+            mean = d2.clamp_(min=0.0).sqrt_().mean(1)
+            first = int(torch.argmax(mean).item())
+            mind = mean.square_()  # squared, like the running minimum it starts
+        keep = None if pickable is None else pickable.to(device=x.device, dtype=x.dtype)
+        selected[0] = first
         cur = first
         for step in range(1, n_select + 1):
             d = torch.mv(x, x[cur]).mul_(-2.0).add_(sq).add_(sq[cur]).clamp_(min=0.0)
+            if keep is not None:
+                d.mul_(keep)
             torch.minimum(mind, d, out=mind)
             mind[cur] = -1.0
             if step == n_select:

@@ -43,7 +43,7 @@ from funad import search
 from funad.features import FeatureSet, TensorRows, float32_on
 from funad.maps import grid_to_maps
 from funad.methods import irmb, register
-from funad.methods.base import FitContext, Method, MethodSettings, Scores
+from funad.methods.base import FitContext, Method, MethodSettings, ReleasedSettings, Scores
 from funad.methods.localnet import LocalNet
 from funad.search import Backend, SearchOptions
 
@@ -64,11 +64,12 @@ DIAG_KEYS = (
     "pl_recall",
 )
 
-_QUIRK_FLAGS = ("noise_aliasing", "unseeded_init")
 
+class FunADSettings(ReleasedSettings):
+    """Every FUN-AD hyper-parameter; defaults = the paper's README run (1500 epochs). reference_quirks
+    turns on the reference code's quirk flags (docs/funad-method.md section 5)."""
 
-class FunADSettings(MethodSettings):
-    """Every FUN-AD hyper-parameter; defaults = the paper's README run (1500 epochs)."""
+    RELEASED: ClassVar[dict[str, Any]] = {"noise_aliasing": True, "unseeded_init": True}
 
     # IRMB pseudo-labels
     tau_n: float = Field(0.5, ge=0.0, le=1.0, description="label cut on the batch-normalised distance")
@@ -93,7 +94,6 @@ class FunADSettings(MethodSettings):
     # reference quirks
     noise_aliasing: bool = Field(False, description="quirk 1: L_MS also on the noised inputs")
     unseeded_init: bool = Field(False, description="quirk 2: init from OS entropy (differs every run)")
-    reference_quirks: bool = Field(False, description="turn on every reference quirk flag")
     # compute
     precision: Literal["fp32", "bf16", "tf32"] = Field(
         "fp32", description="pool scoring and the bank/pair search (candidates re-ranked in exact fp32)"
@@ -107,18 +107,6 @@ class FunADSettings(MethodSettings):
     pair_chunk: int = Field(2048, ge=1, description="rows per mutual-pair search block")
     pool_chunk: int = Field(16, ge=1, description="images per no-grad pool / test forward")
     log_every: int = Field(0, ge=0, description="log the loss every this many iterations (0 = never)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_reference_quirks(cls, data: Any) -> Any:
-        """reference_quirks=True switches every quirk flag on (an explicit False contradicts it)."""
-        if isinstance(data, dict) and data.get("reference_quirks"):
-            data = dict(data)
-            for flag in _QUIRK_FLAGS:
-                if data.get(flag) is False:
-                    raise ValueError(f"reference_quirks=True contradicts {flag}=False")
-                data[flag] = True
-        return data
 
     @model_validator(mode="after")
     def _check_ranges(self) -> FunADSettings:

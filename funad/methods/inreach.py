@@ -27,6 +27,18 @@ Our choices where the paper leaves room:
   `max_memory` optionally keeps a seeded uniform subset.
 - Features are centred on the pool mean before the association (distances unchanged, less rounding).
 
+The authors' released code departs from the paper in four places; each is a flag (default off = the
+paper), and `reference_quirks` turns all four on with `seed_order="pool"` (docs/inreach-method.md 5):
+- `swapped_filing`: a link from compare patch (c, x) to its best seed's patch (s, m) is filed under
+  the channel rooted at (s, x), with member (c, m) (the paper: channel (s, m), member (c, x));
+- `nearest_upsampling`: grid cells repeated over their stride before the Gaussian (not bilinear);
+- `strict_trim`: the spread trim keeps r < bound (ours r <= bound);
+- `keep_duplicates`: a patch kept in several channels (or as a root and a member) is a memory row
+  each time.
+The released seed order is the pool's own with the clean training images first, which needs the
+contamination's `pool_order: appended`: with reference_quirks, `split_needs` asks for it, so a sweep
+(or a CellConfig) with another pool order is refused at validation.
+
 `train.labels` is read for the `memory_injected_frac` diagnostic only.
 """
 
@@ -43,7 +55,7 @@ from pydantic import Field, field_validator
 from funad.features import FeatureSet
 from funad.maps import grid_to_maps
 from funad.methods import register
-from funad.methods.base import FitContext, Method, MethodSettings, Scores
+from funad.methods.base import FitContext, Method, MethodSettings, ReleasedSettings, Scores, SplitNeed
 from funad.methods.patchcore import PatchCoreSettings, embed_patches
 from funad.search import Backend, SearchOptions, nearest
 from funad.search.pairs import AUGMENT, compare_rows, cross_nearest, seed_columns
@@ -56,9 +68,18 @@ TRIM_CHUNK = 4096
 POS_DIMS = 2
 
 
-class InReaChSettings(MethodSettings):
-    """InReaCh's settings: defaults follow the authors' configuration; spread_rule, seed_order, chunk_images,
-    knn_backend and max_memory are ours (see the module docstring)."""
+class InReaChSettings(ReleasedSettings):
+    """InReaCh's settings: numbers follow the authors' configuration, choices the paper; spread_rule,
+    seed_order, chunk_images, knn_backend and max_memory are ours; the four flags and seed_order="pool"
+    are the released code's departures (reference_quirks; see the module docstring)."""
+
+    RELEASED: ClassVar[dict[str, Any]] = {
+        "swapped_filing": True,
+        "nearest_upsampling": True,
+        "strict_trim": True,
+        "keep_duplicates": True,
+        "seed_order": "pool",
+    }
 
     assoc_depth: int = Field(10, ge=1)
     min_channel_length: int = Field(3, ge=0)
@@ -75,11 +96,21 @@ class InReaChSettings(MethodSettings):
     chunk_images: int = Field(64, ge=1)
     knn_backend: Backend = "auto"
     max_memory: int | None = Field(None, ge=1)
+    # the released code's departures from the paper (reference_quirks turns them all on)
+    swapped_filing: bool = Field(False, description="file a link under the seed patch at the compare cell")
+    nearest_upsampling: bool = Field(False, description="maps: each cell repeated over its stride")
+    strict_trim: bool = Field(False, description="spread trim keeps r < bound, not r <= bound")
+    keep_duplicates: bool = Field(False, description="a patch in several channels is a row each time")
 
     @field_validator("aggregation_kernel")
     @classmethod
     def _odd_kernel(cls, v: int) -> int:
         return PatchCoreSettings._odd_kernel(v)
+
+    def split_needs(self) -> tuple[SplitNeed, ...]:
+        """The released seed order (the first training images, clean) needs the clean images first in
+        the pool: seed_order "pool" alone may run on any pool order, reference_quirks may not."""
+        return (SplitNeed("pool_order", "appended", "reference_quirks"),) if self.reference_quirks else ()
 
 
 # ---- positional columns --------------------------------------------------------------
@@ -189,14 +220,26 @@ class Channels:
         return float("nan") if n == 0 else 1.0 - int(self.trimmed.sum()) / n
 
 
-def channel_entries(assoc: Association, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_entries(
+    assoc: Association, k: int, *, swapped: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(channel id [E], flat position [E]): every seed patch as its channel's root, then each mutual
-    best-seed link as a member of the channel rooted at the seed patch it matched."""
+    best-seed link as a member.
+
+    A link from compare patch (c, x) to seed patch (s, m): the paper files member (c, x) under the
+    channel rooted at (s, m); `swapped` (the released code) files member (c, m), the compare image's
+    patch at the matched cell, under the channel rooted at (s, x). The two agree where x = m.
+    """
     n, p = assoc.seed.shape
     dev = assoc.seed.device
     roots = torch.arange(min(k, n) * p, device=dev)
     member = torch.nonzero(assoc.mutual.reshape(-1), as_tuple=True)[0]
-    chan_m = assoc.seed.reshape(-1)[member] * p + assoc.patch.reshape(-1)[member]
+    if swapped:
+        matched = assoc.patch.reshape(-1)[member]
+        chan_m = assoc.seed.reshape(-1)[member] * p + member % p
+        member = member - member % p + matched
+    else:
+        chan_m = assoc.seed.reshape(-1)[member] * p + assoc.patch.reshape(-1)[member]
     return torch.cat([roots, chan_m]), torch.cat([roots, member])
 
 
@@ -215,14 +258,17 @@ def spread_keep(
     *,
     rule: str,
     tau: float,
+    strict: bool = False,
     chunk: int = TRIM_CHUNK,
 ) -> torch.Tensor:
     """Which entries the spread trim keeps: x [R, D] features, entry e is row rows[e] of channel chan[e].
 
     r = distance to the channel mean, sigma = population std of the channel's r; reference keeps
-    r <= tau * sigma, mean_plus keeps r <= mean(r) + tau * sigma. Computed around each channel's first
-    entry (mean = first + mean of the differences, in x's dtype; sigma in float64 from the radii minus
-    the first radius), so identical members give r = 0 and sigma = 0 exactly, and equal radii sigma = 0.
+    r <= tau * sigma, mean_plus keeps r <= mean(r) + tau * sigma (`strict`: r < the bound, as the
+    released code does; then identical members, sigma = 0, are all trimmed). Computed around each
+    channel's first entry (mean = first + mean of the differences, in x's dtype; sigma in float64 from
+    the radii minus the first radius), so identical members give r = 0 and sigma = 0 exactly, and
+    equal radii sigma = 0.
     """
     if rule not in ("reference", "mean_plus"):
         raise ValueError(f"spread_keep: unknown rule {rule!r}; use reference or mean_plus")
@@ -255,7 +301,7 @@ def spread_keep(
     var = torch.zeros(c, dtype=torch.float64, device=dev).index_add_(0, cid, (dr - m[cid]).square()) / count
     sigma = var.sqrt()
     bound = tau * sigma if rule == "reference" else r_first + m + tau * sigma
-    return r <= bound[cid]
+    return r < bound[cid] if strict else r <= bound[cid]
 
 
 def build_channels(
@@ -266,13 +312,18 @@ def build_channels(
     min_channel_length: int,
     rule: str,
     tau: float,
+    swapped: bool = False,
+    strict: bool = False,
     chunk: int = TRIM_CHUNK,
 ) -> Channels:
-    """Entries, span filter, spread trim, span filter again; x [N * P, D] the features by flat position."""
-    chan, flat = channel_entries(assoc, k)
+    """Entries, span filter, spread trim, span filter again; x [N * P, D] the features by flat position.
+    swapped / strict: the released code's channel filing and trim (channel_entries, spread_keep)."""
+    chan, flat = channel_entries(assoc, k, swapped=swapped)
     spanned = _span_ok(chan, torch.ones_like(chan, dtype=torch.bool), min_channel_length)
     trimmed = torch.zeros_like(spanned)
-    trimmed[spanned] = spread_keep(x, flat[spanned], chan[spanned], rule=rule, tau=tau, chunk=chunk)
+    trimmed[spanned] = spread_keep(
+        x, flat[spanned], chan[spanned], rule=rule, tau=tau, strict=strict, chunk=chunk
+    )
     kept = _span_ok(chan, trimmed, min_channel_length)
     return Channels(chan, flat, spanned, trimmed, kept)
 
@@ -380,8 +431,11 @@ class InReaCh(Method):
                 min_channel_length=cfg.min_channel_length,
                 rule=cfg.spread_rule,
                 tau=cfg.max_channel_std,
+                swapped=cfg.swapped_filing,
+                strict=cfg.strict_trim,
             )
-            flat = torch.unique(ch.flat[ch.kept])
+            kept = ch.flat[ch.kept]
+            flat = torch.sort(kept).values if cfg.keep_duplicates else torch.unique(kept)
             if flat.numel() == 0:
                 raise ValueError(
                     f"{self.name}: empty memory: no channel spans more than min_channel_length="
@@ -438,6 +492,11 @@ class InReaCh(Method):
             return Scores(np.zeros(0, np.float32), np.zeros((0, s, s), np.float32))
         with torch.no_grad():
             grid = self.patch_scores(self._embed(test, ctx.device))
-        maps = grid_to_maps(grid, size=s, sigma=self.cfg.map_sigma * s / SIGMA_MAP_SIZE)
+        maps = grid_to_maps(
+            grid,
+            size=s,
+            sigma=self.cfg.map_sigma * s / SIGMA_MAP_SIZE,
+            upsample="nearest" if self.cfg.nearest_upsampling else "bilinear",
+        )
         image = maps.reshape(maps.shape[0], -1).max(axis=1)
         return Scores(image=image.astype(np.float32), maps=maps)

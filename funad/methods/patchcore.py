@@ -10,12 +10,23 @@ score: distance of each test patch to its nearest memory feature -> grid -> anom
 
 Only the patch tokens are used (never the CLS descriptor). The training labels are read for the
 `bank_injected_frac` diagnostic only.
+
+Defaults follow the paper. Where the released code (amazon-science/patchcore-inspection) computes
+otherwise, a setting says so and `reference_quirks` turns all of them on (docs/protocol.md,
+"Rivals as the paper describes them and as their authors released them"):
+- `squared_distance`: a patch scores its squared nearest distance (faiss IndexFlatL2), not the distance;
+- `reweight=False`: the image score is the plain maximum of the patch scores;
+- `aggregation="released"`: each cell's zero-padded k x k neighbourhood, flattened channel-major, is
+  adaptive-average-pooled to embed_dim ("zero_pad" keeps our channel pooling and zero-pads only);
+- `coreset_start="released"`: the approximate greedy's first pick is the point with the largest mean
+  distance to RELEASED_START_POINTS random points (which are not themselves picked);
+- `truncate_coreset`: the coreset keeps int(ratio * N) points, not round(ratio * N).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -25,16 +36,29 @@ from pydantic import Field, field_validator
 from funad.features import FeatureSet, float32_on
 from funad.maps import grid_to_maps
 from funad.methods import register
-from funad.methods.base import FitContext, Method, MethodSettings, Scores
-from funad.methods.coreset import coreset_size, greedy_coreset
+from funad.methods.base import FitContext, Method, MethodSettings, ReleasedSettings, Scores
+from funad.methods.coreset import RELEASED_START_POINTS, coreset_size, greedy_coreset
 from funad.search import Backend, knn
 
 #: number of memory neighbours b of m* in the image-score reweighting (the paper uses b = 3)
 NUM_NEIGHBORS_REWEIGHT = 3
+#: values the 3x3 aggregation (`aggregation`) may take; see aggregate_patches and unfold_pool
+AGGREGATIONS = ("mean", "zero_pad", "released")
+#: largest float32 scratch (values) of the released unfold-and-pool per block of images
+UNFOLD_SCRATCH = 1 << 25
 
 
-class PatchCoreSettings(MethodSettings):
-    """PatchCore's settings; defaults follow the paper (1 % .. 25 % coreset, 3x3 aggregation)."""
+class PatchCoreSettings(ReleasedSettings):
+    """PatchCore's settings; defaults follow the paper (1 % .. 25 % coreset, 3x3 aggregation); RELEASED
+    lists what the released code runs otherwise (the module docstring)."""
+
+    RELEASED: ClassVar[dict[str, Any]] = {
+        "squared_distance": True,
+        "reweight": False,
+        "aggregation": "released",
+        "coreset_start": "released",
+        "truncate_coreset": True,
+    }
 
     coreset_ratio: float = Field(0.1, gt=0.0, le=1.0)
     coreset_projection: int = Field(128, ge=0)
@@ -43,6 +67,15 @@ class PatchCoreSettings(MethodSettings):
     reweight: bool = True
     knn_backend: Backend = "auto"
     map_sigma: float = Field(4.0, ge=0.0)
+    # the released code's departures from the paper (reference_quirks turns them all on)
+    squared_distance: bool = Field(False, description="patch score: the squared nearest distance")
+    aggregation: Literal[AGGREGATIONS] = Field(  # type: ignore[valid-type]
+        "mean", description="3x3 aggregation: mean of existing neighbours, zero-padded mean, or released"
+    )
+    coreset_start: Literal["random", "released"] = Field(
+        "random", description="greedy's first pick: a random point, or farthest on average from random points"
+    )
+    truncate_coreset: bool = Field(False, description="coreset size int(ratio * N), not round(ratio * N)")
 
     @field_validator("aggregation_kernel")
     @classmethod
@@ -52,17 +85,37 @@ class PatchCoreSettings(MethodSettings):
         return v
 
 
-def aggregate_patches(patches: torch.Tensor, kernel: int) -> torch.Tensor:
+def aggregate_patches(patches: torch.Tensor, kernel: int, zero_pad: bool = False) -> torch.Tensor:
     """Local neighbourhood aggregation: kernel x kernel mean, stride 1, same-size output.
 
     [N, H, W, C] -> [N, H, W, C]. Border patches average only the neighbours that exist
-    (count_include_pad=False) so they are not pulled towards zero, which matters on tiny grids.
+    (count_include_pad=False) so they are not pulled towards zero, which matters on tiny grids;
+    `zero_pad` (the released code) averages over all k*k places with zeros outside the grid (a 3x3
+    edge cell is scaled by 6/9 of its neighbours' mean, a corner by 4/9).
     """
     if kernel == 1:
         return patches
     x = patches.permute(0, 3, 1, 2)
-    x = F.avg_pool2d(x, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+    x = F.avg_pool2d(x, kernel, stride=1, padding=kernel // 2, count_include_pad=zero_pad)
     return x.permute(0, 2, 3, 1)
+
+
+def unfold_pool(patches: torch.Tensor, kernel: int, embed_dim: int | None) -> torch.Tensor:
+    """The released aggregation and pooling in one: [N, H, W, C] -> [N, H, W, D].
+
+    Each cell's kernel x kernel neighbourhood, zero-padded at the border, is flattened channel-major
+    (C * k * k values: channel 0's k*k values, then channel 1's, ...) and adaptive-average-pooled to
+    embed_dim values (always, also upwards); None keeps the C * k * k values. A bin spans part of one
+    channel's neighbourhood, or straddles two channels, so it is not the 3x3 mean of any channel unless
+    C * k * k = k * k * embed_dim. The released code pools each backbone layer so and then the layers'
+    concatenation; cached features hold the layers concatenated, so they are pooled as one layer.
+    """
+    n, h, w, c = patches.shape
+    u = F.unfold(patches.permute(0, 3, 1, 2), kernel, padding=kernel // 2)  # [N, C*k*k, H*W]
+    v = u.transpose(1, 2).reshape(n * h * w, 1, c * kernel * kernel)
+    if embed_dim is not None:
+        v = F.adaptive_avg_pool1d(v, embed_dim)
+    return v.reshape(n, h, w, -1)
 
 
 def pool_channels(x: torch.Tensor, embed_dim: int | None) -> torch.Tensor:
@@ -84,19 +137,32 @@ def embed_patches(
     embed_dim: int | None,
     device: torch.device | str = "cpu",
     chunk_images: int = 16,
+    aggregation: str = "mean",
 ) -> torch.Tensor:
     """[N, H, W, C] float16 (maybe a read-only memmap) -> [N, H, W, D] float32 PatchCore features.
 
     Works through `chunk_images` images at a time so only one small float32 copy of the raw
-    features exists at once; the memmap itself is only read.
+    features exists at once; the memmap itself is only read. aggregation: "mean" (aggregate_patches,
+    then pool_channels), "zero_pad" (the same with a zero-padded mean) or "released" (unfold_pool).
     """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"embed_patches: unknown aggregation {aggregation!r}; use {', '.join(AGGREGATIONS)}")
     n, h, w, c = patches.shape
-    d = c if embed_dim is None or embed_dim >= c else embed_dim
+    if aggregation == "released":
+        d = c * kernel * kernel if embed_dim is None else embed_dim
+        step = max(1, min(chunk_images, UNFOLD_SCRATCH // max(1, h * w * c * kernel * kernel)))
+    else:
+        d = c if embed_dim is None or embed_dim >= c else embed_dim
+        step = chunk_images
     out = torch.empty(n, h, w, d, dtype=torch.float32, device=device)
     with torch.no_grad():
-        for s in range(0, n, chunk_images):
-            raw = float32_on(patches[s : s + chunk_images], device)
-            out[s : s + chunk_images] = pool_channels(aggregate_patches(raw, kernel), embed_dim)
+        for s in range(0, n, step):
+            raw = float32_on(patches[s : s + step], device)
+            if aggregation == "released":
+                out[s : s + step] = unfold_pool(raw, kernel, embed_dim)
+            else:
+                agg = aggregate_patches(raw, kernel, zero_pad=aggregation == "zero_pad")
+                out[s : s + step] = pool_channels(agg, embed_dim)
     return out
 
 
@@ -128,6 +194,15 @@ def support_indices(bank: torch.Tensor, m_star: torch.Tensor, b: int, backend: s
     return torch.cat([m_star.reshape(q, 1), rest], dim=1)
 
 
+class Candidates(NamedTuple):
+    """The coreset's candidate patches: flat indices [M], their weights [M] on test distances (None = 1),
+    and which of them the greedy may pick ([M] bool; None = all; SoftPatch's in-greedy removal)."""
+
+    index: torch.Tensor
+    weight: torch.Tensor | None = None
+    pickable: torch.Tensor | None = None
+
+
 @register
 @dataclass
 class PatchCore(Method):
@@ -148,14 +223,15 @@ class PatchCore(Method):
 
     # ---------------------------------------------------------------- fit
     def _embed(self, fs: FeatureSet, device: str) -> torch.Tensor:
-        return embed_patches(fs.patches, self.cfg.aggregation_kernel, self.cfg.embed_dim, device)
+        cfg = self.cfg
+        return embed_patches(
+            fs.patches, cfg.aggregation_kernel, cfg.embed_dim, device, aggregation=cfg.aggregation
+        )
 
-    def _candidates(
-        self, feats: torch.Tensor, ctx: FitContext, train: FeatureSet
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Flat indices of coreset candidates and their weights; PatchCore keeps every patch."""
+    def _candidates(self, feats: torch.Tensor, ctx: FitContext, train: FeatureSet) -> Candidates:
+        """The coreset's candidates; PatchCore keeps every patch, unweighted."""
         n, h, w, _ = feats.shape
-        return torch.arange(n * h * w, device=feats.device), None
+        return Candidates(torch.arange(n * h * w, device=feats.device))
 
     def fit(self, train: FeatureSet, ctx: FitContext) -> None:
         """Build the memory bank from every training patch (the pool is unlabelled)."""
@@ -164,17 +240,25 @@ class PatchCore(Method):
         self.diagnostics = {}
         feats = self._embed(train, ctx.device)  # [N, H, W, D]
         n, h, w, d = feats.shape
-        cand, cand_weight = self._candidates(feats, ctx, train)
+        cfg = self.cfg
+        cand = self._candidates(feats, ctx, train)
         flat = feats.reshape(-1, d)
-        pool = flat if cand.numel() == flat.shape[0] else flat[cand]  # no copy when all are candidates
-        n_select = coreset_size(pool.shape[0], self.cfg.coreset_ratio)
+        pool = flat if cand.index.numel() == flat.shape[0] else flat[cand.index]  # no copy when all are
+        n_select = coreset_size(pool.shape[0], cfg.coreset_ratio, truncate=cfg.truncate_coreset)
         if n_select == pool.shape[0]:
             pick = torch.arange(n_select, device=pool.device)
         else:
-            pick = greedy_coreset(pool, n_select, projection=self.cfg.coreset_projection, seed=ctx.seed)
-        chosen = cand[pick]
+            pick = greedy_coreset(
+                pool,
+                n_select,
+                projection=cfg.coreset_projection,
+                seed=ctx.seed,
+                start_points=RELEASED_START_POINTS if cfg.coreset_start == "released" else 0,
+                pickable=cand.pickable,
+            )
+        chosen = cand.index[pick]
         self.bank = flat[chosen].contiguous()
-        self.bank_weight = None if cand_weight is None else cand_weight[pick].contiguous()
+        self.bank_weight = None if cand.weight is None else cand.weight[pick].contiguous()
         image_of = (chosen // (h * w)).cpu().numpy()
         injected = np.asarray(train.labels)[image_of] == 1  # diagnostics only
         self.diagnostics.update(
@@ -189,13 +273,16 @@ class PatchCore(Method):
 
     # -------------------------------------------------------------- score
     def patch_scores(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-patch scores [Q] (weighted distance to the nearest memory), raw distances [Q], nn index [Q]."""
+        """Per-patch scores [Q] (weighted distance, or squared distance, to the nearest memory), raw
+        distances [Q], nn index [Q]."""
         if self.bank is None:
             raise RuntimeError(f"{self.name}: score() before fit()")
         sqd, idx = knn(feats, self.bank, k=1, backend=self.cfg.knn_backend)
-        dist = sqd[:, 0].to(feats.device).clamp(min=0.0).sqrt()
+        sq = sqd[:, 0].to(feats.device).clamp(min=0.0)
+        dist = sq.sqrt()
         nn_idx = idx[:, 0].to(feats.device)
-        score = dist if self.bank_weight is None else dist * self.bank_weight[nn_idx]
+        base = sq if self.cfg.squared_distance else dist
+        score = base if self.bank_weight is None else base * self.bank_weight[nn_idx]
         return score, dist, nn_idx
 
     def score(self, test: FeatureSet, ctx: FitContext) -> Scores:

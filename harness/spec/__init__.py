@@ -24,6 +24,7 @@ from harness.spec.world import (
     check_dataset,
     check_input_kinds,
     check_method,
+    check_split_needs,
 )
 from harness.spec.yaml_safe import read_yaml
 
@@ -84,6 +85,8 @@ def load_spec(
             problems += found
             points.update(members)
 
+    if spec is not None:
+        problems += check_split_needs(spec, points, src)
     if spec is not None and not problems:
         problems += check_input_kinds(spec, src)
     if spec is not None and check_data and not problems:

@@ -17,6 +17,7 @@ from funad.data.contamination import has_own_noisy_split
 from funad.data.splits import check_list, list_path, read_split_list
 from funad.features import WEIGHT_KINDS
 from funad.methods import FamilyError, available, expand_method, families, method_class
+from funad.methods.base import unmet_split_needs
 from funad.methods.plugins import PluginError
 from harness.cells import MethodPoint, list_valued_settings, method_points, split_rules
 from harness.spec.errors import pydantic_problems
@@ -207,3 +208,16 @@ def check_contamination(spec: SweepSpec, src: str) -> list[str]:
             out += [f"{src}: contamination.lists: {listed.path}: lists no training image of category {cat!r}"
                     for cat in categories if cat not in listed.train]
     return out
+
+
+def check_split_needs(spec: SweepSpec, points: dict[str, list[MethodPoint]], src: str) -> list[str]:
+    """Method settings that only mean something with a contamination setting the file does not have
+    (InReaCh's reference_quirks: the released seeds are the clean training images, the pool's first)."""
+    out = [
+        f"{src}: methods.{method}.{need.because}: needs contamination.{need.field}: {need.value}, got {got} "
+        f"(allowed: contamination.{need.field}: {need.value}, or {need.because} left at its default)"
+        for method, method_points_ in points.items()
+        for point in method_points_
+        for need, got in unmet_split_needs(point.settings, spec.contamination)
+    ]
+    return list(dict.fromkeys(out))
