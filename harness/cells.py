@@ -32,11 +32,10 @@ if TYPE_CHECKING:
     from harness.spec import DatasetSpec, SweepSpec
 
 #: Defining values that were added after cell ids were first handed out, with their defaults (a
-#: dotted path names a field inside a nested value; a method setting is `settings.<method>.<name>`,
-#: since methods add settings of one name at different times). A value at its default is left out of
-#: the hashed payload, so every cell defined before the field existed keeps its id; any other value
-#: joins the hash. A new defining field gets its entry here (a method setting's default is its
-#: Settings' default, which tests/test_cells.py checks).
+#: dotted path names a field inside a nested value). A value at its default is left out of the
+#: hashed payload, so every cell defined before the field existed keeps its id; any other value
+#: joins the hash. A new defining field gets its entry here; a method setting added later is named in
+#: its Settings' ADDED_LATER instead (its default is the Settings' own: see `defining_values`).
 HASH_DEFAULTS: dict[str, Any] = {
     "shortfall": SPLIT_DEFAULTS["shortfall"],
     "min_test_anomalies": None,
@@ -45,14 +44,6 @@ HASH_DEFAULTS: dict[str, Any] = {
     "ratio_of": SPLIT_DEFAULTS["ratio_of"],
     "pool_order": SPLIT_DEFAULTS["pool_order"],
     "split_list_sha256": None,
-    # the released code's settings of the rivals (issue 24)
-    **{f"settings.{m}.{name}": value for m in ("patchcore", "softpatch") for name, value in (
-        ("reference_quirks", False), ("squared_distance", False), ("aggregation", "mean"),
-        ("coreset_start", "random"), ("truncate_coreset", False))},
-    **{f"settings.softpatch.{name}": False
-       for name in ("projection_per_use", "denoise_in_greedy", "strict_quantile")},
-    **{f"settings.inreach.{name}": False for name in (
-        "reference_quirks", "swapped_filing", "nearest_upsampling", "strict_trim", "keep_duplicates")},
 }
 
 
@@ -106,15 +97,12 @@ def _is_default(value: Any, default: Any) -> bool:
 
 
 def drop_hash_defaults(values: Mapping[str, Any], scope: str = "") -> dict[str, Any]:
-    """`values` without the HASH_DEFAULTS fields that sit at their default (nested ones included; the
-    method settings of a cell's values under `settings.<method>.`)."""
+    """`values` without the HASH_DEFAULTS fields that sit at their default (nested ones included)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         path = f"{scope}{key}"
         if path in HASH_DEFAULTS and _is_default(value, HASH_DEFAULTS[path]):
             continue
-        if path == "settings" and "method" in values:
-            path = f"settings.{values['method']}"
         nested = isinstance(value, Mapping) and any(p.startswith(f"{path}.") for p in HASH_DEFAULTS)
         out[key] = drop_hash_defaults(value, f"{path}.") if nested else value
     return out
@@ -126,6 +114,17 @@ def backbone_json(backbone: BackboneConfig) -> dict[str, Any]:
     return drop_hash_defaults(backbone.model_dump(mode="json"), "backbone.")
 
 
+def hashed_settings(settings: MethodSettings) -> dict[str, Any]:
+    """The settings as JSON, without those the method added later (its Settings' ADDED_LATER) that sit at
+    their default: a cell defined before such a setting existed keeps its id."""
+    out = settings.model_dump(mode="json")
+    fields = type(settings).model_fields
+    for name in type(settings).ADDED_LATER:
+        if _is_default(getattr(settings, name), fields[name].default):
+            out.pop(name)
+    return out
+
+
 def defining_values(cfg: CellConfig) -> dict[str, Any]:
     """The values that define a cell, as plain JSON: what its id hashes. eval_every and
     n_map_examples do not change results and are not among them."""
@@ -134,7 +133,7 @@ def defining_values(cfg: CellConfig) -> dict[str, Any]:
         "category": cfg.category,
         "backbone": backbone_json(cfg.backbone),
         "method": cfg.method,
-        "settings": cfg.settings.model_dump(mode="json"),
+        "settings": hashed_settings(cfg.settings),
         "seed": int(cfg.seed),
         **cfg.split.defining_values(),
     }

@@ -35,6 +35,10 @@ class MethodSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: settings added after the method's cells were first handed out ids: a cell id hashes them only
+    #: away from their default, so every cell defined before one existed keeps its id
+    ADDED_LATER: ClassVar[tuple[str, ...]] = ()
+
     def split_needs(self) -> tuple[SplitNeed, ...]:
         """The contamination settings these settings need (checked by the sweep's validation and by
         funad.run.CellConfig); none by default."""

@@ -80,6 +80,9 @@ class InReaChSettings(ReleasedSettings):
         "keep_duplicates": True,
         "seed_order": "pool",
     }
+    #: the released code's settings came after the first cells (issue 24): hashed away from defaults only
+    ADDED_LATER: ClassVar[tuple[str, ...]] = (
+        "reference_quirks", "swapped_filing", "nearest_upsampling", "strict_trim", "keep_duplicates")
 
     assoc_depth: int = Field(10, ge=1)
     min_channel_length: int = Field(3, ge=0)

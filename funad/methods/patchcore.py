@@ -59,6 +59,9 @@ class PatchCoreSettings(ReleasedSettings):
         "coreset_start": "released",
         "truncate_coreset": True,
     }
+    #: the released code's settings came after the first cells (issue 24): hashed away from defaults only
+    ADDED_LATER: ClassVar[tuple[str, ...]] = (
+        "reference_quirks", "squared_distance", "aggregation", "coreset_start", "truncate_coreset")
 
     coreset_ratio: float = Field(0.1, gt=0.0, le=1.0)
     coreset_projection: int = Field(128, ge=0)

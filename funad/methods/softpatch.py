@@ -66,6 +66,8 @@ class SoftPatchSettings(PatchCoreSettings):
         "denoise_in_greedy": True,
         "strict_quantile": True,
     }
+    ADDED_LATER: ClassVar[tuple[str, ...]] = (
+        *PatchCoreSettings.ADDED_LATER, "projection_per_use", "denoise_in_greedy", "strict_quantile")
 
     noise_discriminator: Literal["lof", "knn", "gaussian"] = "lof"
     lof_k: int = Field(6, ge=1)
