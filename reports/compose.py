@@ -156,7 +156,9 @@ def _paper_section(shown: pd.DataFrame) -> Section:
         "transcriptions — verify against the papers before relying on them. Matching is on "
         "dataset, method, ratio "
         "(or absolute count) and overlap; differences are ours − paper in %-points. Backbones and "
-        "preprocessing may differ from the papers'.</p>",
+        "preprocessing may differ from the papers'. <em>settings</em> says whether our cells ran the "
+        "method as its paper describes it or as its authors released it "
+        "(<code>reference_quirks: true</code>; README, \"Reproducing a published protocol\").</p>",
         table(shown),
     )
 

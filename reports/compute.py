@@ -120,7 +120,7 @@ def compute(data: RunData) -> Computed:
         "main": main,
         "per_category": cat,
         "oracle": tables.oracle_table(ok),
-        "paper": paper_table(main),
+        "paper": paper_table(main, settings=tables.settings_of(ok)),
         "sensitivity": tables.sensitivity_table(ok),
         "cost": tables.cost_table(prepared, data.spec),
         "failures": tables.failures_table(prepared),

@@ -15,6 +15,7 @@ import pandas as pd
 
 from reports.load import METRICS
 from reports.stats import CELL_METRIC, GROUP, RankResult
+from rundir import PROTOCOL_DEFAULTS
 
 # ------------------------------------------------------------------------------------------ result tables
 
@@ -43,11 +44,15 @@ def num(value: Any, digits: int = 2) -> str:
 def _key_text(df: pd.DataFrame) -> pd.DataFrame:
     """Readable key columns: ratio/count, overlap as yes/no; drop constant-empty ones."""
     out = pd.DataFrame(index=df.index)
-    names = {"contamination_source": "drawn from", "ratio_of": "ratio of"}
+    names = {"contamination_source": "drawn from", "ratio_of": "ratio of", "pool_order": "pool order"}
+    #: shown only where some row is not at the default (most runs use one pool order)
+    quiet = {"pool_order": PROTOCOL_DEFAULTS["pool_order"]}
     order = ["dataset", "method", "config", "category", "setting", "value", "overlap",
-             "contamination_source", "ratio_of", "ratio", "count"]
+             "contamination_source", "ratio_of", "pool_order", "ratio", "count"]
     for c in order:
         if c not in df.columns:
+            continue
+        if c in quiet and (df[c].astype(str) == quiet[c]).all():
             continue
         if c == "overlap":
             out[c] = df[c].map(lambda v: "yes" if bool(v) else "no")
@@ -289,6 +294,8 @@ def display_paper(df: pd.DataFrame) -> pd.DataFrame:
             "ours − paper (pp)": df["diff_pp"].map(lambda v: f(v, sign=True)),
             "n": df["n"].map(lambda v: "–" if pd.isna(v) else str(int(v))),
             "config": df["config"].astype(str),
+            "settings": df["settings"].map(
+                lambda v: {"released": "as released", "paper": "paper", "mixed": "mixed"}.get(str(v), "")),
             "status": df["status"].astype(str),
             "source": df["source"].astype(str),
             "note": df["note"].astype(str),

@@ -84,12 +84,17 @@ def _matches(ref: pd.Series, ours: pd.DataFrame) -> pd.Series:
     return same & amount & protocol
 
 
-def paper_table(main: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
+def paper_table(
+    main: pd.DataFrame, reference: pd.DataFrame | None = None,
+    settings: dict[tuple[str, str], str] | None = None,
+) -> pd.DataFrame:
     """(c) every reference row, joined to each of our matching cell groups; diff = ours − paper in %-points.
 
     ``main`` is :func:`reports.tables.main_table` (metrics in [0, 1]); rows without a match say
-    "no matching cells".
+    "no matching cells". ``settings``: (method, config) -> whether those cells ran the paper's settings or
+    the authors' released code's (reports.tables.settings_of), shown per row.
     """
+    settings = settings or {}
     ref = load_reference() if reference is None else reference
     ours = main.copy()
     ours["_ds"] = ours["dataset"].map(normalise) if len(ours) else pd.Series(dtype=str)
@@ -105,6 +110,7 @@ def paper_table(main: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd
                 {
                     **base,
                     "config": "",
+                    "settings": "",
                     "ours": np.nan,
                     "ours_std": np.nan,
                     "n": np.nan,
@@ -121,6 +127,7 @@ def paper_table(main: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd
                 {
                     **base,
                     "config": h["config"],
+                    "settings": settings.get((str(h["method"]), str(h["config"])), "paper"),
                     "ours": ours_pct,
                     "ours_std": 100 * float(h[f"{metric}_std"]) if pd.notna(h[f"{metric}_std"]) else np.nan,
                     "n": h["n"],
@@ -145,6 +152,7 @@ def paper_table(main: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd
         "n",
         "n_categories",
         "config",
+        "settings",
         "status",
         "source",
         "protocol",

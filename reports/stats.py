@@ -236,6 +236,7 @@ ROBUSTNESS_COLUMNS: list[str] = [
     "overlap",
     "contamination_source",
     "ratio_of",
+    "pool_order",
     "method",
     "config",
     "variant",
@@ -271,9 +272,9 @@ def robustness_table(
         cells = _cells(ok, metric, cell_ci)
         if cells.empty:
             continue
-        protocol = ["contamination_source", "ratio_of"]
+        protocol = ["contamination_source", "ratio_of", "pool_order"]
         for vkey, g in cells.groupby(["dataset", "overlap", *protocol, *VARIANT], dropna=False, sort=True):
-            dataset, overlap, source, ratio_of, method, config = vkey
+            dataset, overlap, source, ratio_of, pool_order, method, config = vkey
             clean = g[[_is_clean(r, c) for r, c in zip(g["ratio"], g["count"], strict=True)]]
             base = clean.groupby(CELL, dropna=False)[[metric, "hw"]].mean()
             for (ratio, count), level in g.groupby(["ratio", "count"], dropna=False, sort=True):
@@ -285,6 +286,7 @@ def robustness_table(
                     "overlap": overlap,
                     "contamination_source": source,
                     "ratio_of": ratio_of,
+                    "pool_order": pool_order,
                     "method": method,
                     "config": config,
                     "variant": variant_label(method, config, bool(overlap)),
@@ -326,6 +328,7 @@ class RankResult:
     note: str = ""
     contamination_source: str = PROTOCOL_DEFAULTS["contamination_source"]
     ratio_of: str = PROTOCOL_DEFAULTS["ratio_of"]
+    pool_order: str = PROTOCOL_DEFAULTS["pool_order"]
 
     @property
     def k(self) -> int:
@@ -436,6 +439,7 @@ def rank_table(results: list[RankResult]) -> pd.DataFrame:
                     "overlap": r.overlap,
                     "contamination_source": r.contamination_source,
                     "ratio_of": r.ratio_of,
+                    "pool_order": r.pool_order,
                     "ratio": r.ratio,
                     "count": r.count,
                     "metric": r.metric,

@@ -18,6 +18,7 @@ is reports.format's.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -29,8 +30,24 @@ from rundir import HP_PREFIX, PROTOCOL_DEFAULTS
 #: a cell group: rows that differ in any of these are never averaged together (the contamination source
 #: and ratio definition included: papers mean different things by "10 % noise", docs/protocol.md)
 KEYS: list[str] = [
-    "dataset", "method", "config", "overlap", "contamination_source", "ratio_of", "ratio", "count",
+    "dataset", "method", "config", "overlap", "contamination_source", "ratio_of", "pool_order", "ratio",
+    "count",
 ]
+#: `settings_as`: whether a cell ran its method as the paper describes it or as its authors released it
+#: (the row's params say reference_quirks: true); a (method, config) variant is one or the other, since
+#: rows that disagree on it carry it in their config label (`differing_settings`)
+SETTINGS_AS = ("paper", "released")
+
+
+def settings_of(ok: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(method, config) -> "paper" | "released" (| "mixed" for rows of older runs that do not say)."""
+    out: dict[tuple[str, str], str] = {}
+    if ok.empty:
+        return out
+    for (method, config), values in ok.groupby(["method", "config"], dropna=False)["settings_as"]:
+        kinds = sorted(set(values.astype(str)))
+        out[(str(method), str(config))] = kinds[0] if len(kinds) == 1 else "mixed"
+    return out
 ORACLE_LABEL = "oracle (best-on-test epoch)"
 #: what identifies one cell of a variant; a report over several runs adds `split_id` (reports.join), so
 #: cells that trained and tested on different images are never averaged or paired as one
@@ -60,10 +77,42 @@ def swept_settings(ok: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
-def _config_labels(df: pd.DataFrame, swept: dict[str, list[str]]) -> pd.Series:
-    """Each row's ``config``: its values of its method's swept settings, and the backbone when the
-    rows use several."""
+def parsed_params(df: pd.DataFrame) -> pd.Series:
+    """Each row's settings (its `params` JSON) as a dict; {} where a row has none (a failed row)."""
+    def parse(v: Any) -> dict[str, Any]:
+        try:
+            out = json.loads(v) if isinstance(v, str) and v else {}
+        except json.JSONDecodeError:
+            return {}
+        return out if isinstance(out, dict) else {}
+
+    col = df["params"] if "params" in df.columns else pd.Series([None] * len(df), index=df.index)
+    return col.map(parse)
+
+
+def differing_settings(ok: pd.DataFrame, swept: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Per method: the settings its rows' params disagree on that no swept hp_* column names (a fixed
+    setting changed between two invocations, or between runs joined in one report): they join the config
+    label, so cells that ran other settings are never averaged as one."""
+    params = parsed_params(ok)
+    out: dict[str, list[str]] = {}
+    for method, idx in ok.groupby("method", dropna=False).groups.items():
+        covered = {c.removeprefix(HP_PREFIX) for c in swept.get(str(method), [])}
+        values: dict[str, set[str]] = {}
+        for p in params.loc[idx]:
+            for k, v in p.items():
+                values.setdefault(k, set()).add(json.dumps(v, sort_keys=True))
+        out[str(method)] = sorted(k for k, v in values.items() if len(v) > 1 and k not in covered)
+    return out
+
+
+def _config_labels(
+    df: pd.DataFrame, swept: dict[str, list[str]], differing: dict[str, list[str]]
+) -> pd.Series:
+    """Each row's ``config``: its values of its method's swept settings (then of the settings its rows
+    otherwise disagree on), and the backbone when the rows use several."""
     multi_backbone = df["backbone"].dropna().nunique() > 1
+    params = parsed_params(df)
 
     def label(row: pd.Series) -> str:
         parts = [
@@ -71,6 +120,8 @@ def _config_labels(df: pd.DataFrame, swept: dict[str, list[str]]) -> pd.Series:
             for c in swept.get(str(row["method"]), [])
             if pd.notna(row[c])
         ]
+        own = params.loc[row.name]
+        parts += [f"{k}={_fmt_value(own[k])}" for k in differing.get(str(row["method"]), []) if k in own]
         if multi_backbone and pd.notna(row["backbone"]):
             parts.insert(0, str(row["backbone"]))
         return ", ".join(parts)
@@ -79,14 +130,16 @@ def _config_labels(df: pd.DataFrame, swept: dict[str, list[str]]) -> pd.Series:
 
 
 def prepare(results: pd.DataFrame) -> pd.DataFrame:
-    """Add the derived key columns ``config`` and ``count`` to result rows (all statuses)."""
+    """Add the derived key columns ``config``, ``settings_as`` and ``count`` to result rows (all statuses)."""
     df = results.copy()
     if df.empty:
-        for c in ("config", "count"):
-            df[c] = pd.Series(dtype="object" if c == "config" else "float64")
+        for c in ("config", "settings_as", "count"):
+            df[c] = pd.Series(dtype="float64" if c == "count" else "object")
         return df
-    swept = swept_settings(df[df["status"] == "ok"] if (df["status"] == "ok").any() else df)
-    df["config"] = _config_labels(df, swept)
+    ok = df[df["status"] == "ok"] if (df["status"] == "ok").any() else df
+    swept = swept_settings(ok)
+    df["config"] = _config_labels(df, swept, differing_settings(ok, swept))
+    df["settings_as"] = parsed_params(df).map(lambda p: SETTINGS_AS[bool(p.get("reference_quirks"))])
     df["count"] = np.where(df["ratio"].isna(), pd.to_numeric(df["n_injected"], errors="coerce"), np.nan)
     df["overlap"] = df["overlap"].fillna(False).astype(bool)
     df = with_protocol(df)
@@ -277,7 +330,8 @@ def missing_cells(plan: pd.DataFrame | None, results: pd.DataFrame) -> pd.DataFr
     todo = plan[~plan["cell_id"].isin(have)].reset_index(drop=True)
     if todo.empty:
         return pd.DataFrame(columns=MISSING_COLUMNS)
-    todo = todo.assign(config=_config_labels(todo, swept_settings(plan)))
+    swept = swept_settings(plan)
+    todo = todo.assign(config=_config_labels(todo, swept, differing_settings(plan, swept)))
     return todo[MISSING_COLUMNS].sort_values(
         ["dataset", "method", "category", "ratio", "seed"], na_position="last", kind="stable"
     ).reset_index(drop=True)
