@@ -15,22 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 #: the models that run offline with their defaults, at the crop they need (docs/methods.md)
 DEFAULT_RUNS = ("Padim", "Patchcore", "Dfkde", "Dfm", "Stfpm", "Cflow", "Glass", "Fre", "Patchflow",
                 "Ganomaly", "Draem", "Supersimplenet:128", "MHPatchcore:224")
-
-
-def _textures(root: Path) -> str:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    (root / "images" / "noise").mkdir(parents=True)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, size=(48, 48, 3), dtype=np.uint8)).save(
-            root / "images" / "noise" / f"t{i}.jpg")
-    return str(root)
 
 
 def main(runs: list[str]) -> None:
@@ -44,7 +31,7 @@ def main(runs: list[str]) -> None:
     from funad.features import BackboneConfig
     from funad.methods import FitContext, create_method, method_class
     from funad.methods.anomalib import method_name
-    from funad.methods.conformance import IMAGE_CROP, tiny_images
+    from funad.methods.conformance import IMAGE_CROP, texture_folder, tiny_images
 
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:
@@ -53,7 +40,7 @@ def main(runs: list[str]) -> None:
             name = method_name(model)
             settings = dict(method_class(name).smoke_settings)
             if model == "Draem":
-                settings["model_args"] = {"dtd_dir": _textures(Path(tmp) / "dtd")}
+                settings["model_args"] = {"dtd_dir": str(texture_folder(Path(tmp) / "dtd"))}
             data = tiny_images(seed=1, preprocessing=BackboneConfig(resize=side + side // 8, crop=side))
             out: dict = {"model": model, "crop": side, "settings": settings}
             try:

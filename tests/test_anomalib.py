@@ -56,7 +56,7 @@ from funad.methods.anomalib import (  # noqa: E402
     installed_models,
     method_name,
 )
-from funad.methods.conformance import check_method, tiny_images  # noqa: E402
+from funad.methods.conformance import check_method, texture_folder, tiny_images  # noqa: E402
 
 #: the models that run offline with the defaults here (the cell's bundled backbone, or no pretrained part),
 #: on the 64 px tiny images; Supersimplenet needs 128 px crops (its Perlin noise on the feature map),
@@ -188,24 +188,12 @@ def test_requirements_given_are_accepted(tmp_path: Path) -> None:
     create_method("anomalib.draem", {"model_args": {"dtd_dir": str(tmp_path)}})
 
 
-def _textures(root: Path) -> Path:
-    """A DTD-like folder: a few random texture images in one class folder."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    (root / "images" / "noise").mkdir(parents=True)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, size=(48, 48, 3), dtype=np.uint8)).save(
-            root / "images" / "noise" / f"t{i}.jpg")
-    return root
-
-
 @pytest.mark.long
 def test_draem_meets_the_contract_with_a_local_texture_folder(tmp_path: Path, one_thread: None) -> None:
     """DRAEM's two UNets cost ~20 CPU s per tiny epoch; at 2 epochs the planted squares rank just above
     the normals (measured mean gap 0.0002, deterministic for the seed)."""
     check_method("anomalib.draem", {"epochs": 2, "batch_size": 4,
-                                    "model_args": {"dtd_dir": str(_textures(tmp_path / "dtd"))}})
+                                    "model_args": {"dtd_dir": str(texture_folder(tmp_path / "dtd"))}})
 
 
 def _extractor_state(method) -> dict:

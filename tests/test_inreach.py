@@ -56,10 +56,10 @@ def brute_association(x: np.ndarray, k: int) -> dict[str, np.ndarray]:
     return out
 
 
-def brute_channels(
-    x: np.ndarray, k: int, min_len: int, rule: str, tau: float
-) -> tuple[set[tuple[int, int]], dict[tuple[int, int], list[tuple[int, int]]]]:
-    """(memory as (position, patch) set, the kept channels) from the brute-force association."""
+def brute_links(x: np.ndarray, k: int, swapped: bool = False) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """Every channel (root (seed, patch) -> members) from the brute-force association: a mutual link of
+    compare patch (c, q) to its best seed s at patch m files member (c, q) under root (s, m), or, as the
+    released code does (`swapped`), member (c, m) under root (s, q)."""
     n, p, _ = x.shape
     a = brute_association(x, k)
     chans: dict[tuple[int, int], list[tuple[int, int]]] = {
@@ -68,7 +68,19 @@ def brute_channels(
     for c in range(n):
         for q in range(p):
             if a["mutual"][c, q]:
-                chans[(int(a["seed"][c, q]), int(a["patch"][c, q]))].append((c, q))
+                s, m = int(a["seed"][c, q]), int(a["patch"][c, q])
+                if swapped:
+                    chans[(s, q)].append((c, m))
+                else:
+                    chans[(s, m)].append((c, q))
+    return chans
+
+
+def brute_channels(
+    x: np.ndarray, k: int, min_len: int, rule: str, tau: float
+) -> tuple[set[tuple[int, int]], dict[tuple[int, int], list[tuple[int, int]]]]:
+    """(memory as (position, patch) set, the kept channels) from the brute-force association."""
+    chans = brute_links(x, k)
     memory: set[tuple[int, int]] = set()
     kept: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for root, mem in chans.items():
@@ -565,19 +577,7 @@ def brute_released_memory(
     a link (c, q) -> (s, m) files member (c, m) under the channel rooted at (s, q) when `swapped`
     (else member (c, q) under (s, m)); the trim keeps r < tau * sigma when `strict` (else <=); every
     kept entry is a memory row when `duplicates` (else each patch once)."""
-    n, p, _ = x.shape
-    a = brute_association(x, k)
-    chans: dict[tuple[int, int], list[tuple[int, int]]] = {
-        (s, m): [(s, m)] for s in range(min(k, n)) for m in range(p)
-    }
-    for c in range(n):
-        for q in range(p):
-            if a["mutual"][c, q]:
-                s, m = int(a["seed"][c, q]), int(a["patch"][c, q])
-                if swapped:
-                    chans[(s, q)].append((c, m))
-                else:
-                    chans[(s, m)].append((c, q))
+    chans = brute_links(x, k, swapped)
     memory: list[tuple[int, int]] = []
     for mem in chans.values():
         if len(mem) <= min_len:

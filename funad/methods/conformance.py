@@ -101,6 +101,19 @@ class TinyImages:
     folder: tempfile.TemporaryDirectory | None = None
 
 
+def texture_folder(root: Path) -> Path:
+    """A DTD-like folder (images/<class>/*.jpg: three random textures in one class) for a tiny run of a
+    model that draws its synthetic anomalies from texture images (anomalib's DRAEM, `model_args.dtd_dir`)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images" / "noise").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, size=(48, 48, 3), dtype=np.uint8)).save(
+            root / "images" / "noise" / f"t{i}.jpg")
+    return root
+
+
 def tiny_images(root: Path | None = None, seed: int = 0, pixel_level: bool = True, contaminated: bool = True,
                 preprocessing: Any = None) -> TinyImages:
     """PNG files under `root` read back as ImageSets: normal images are one smooth colour pattern plus
